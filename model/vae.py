@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor, nn
 
@@ -33,9 +35,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         chans = (cfg.channels, *cfg.widths)
-        self.features = nn.Sequential(
-            *(_down(a, b) for a, b in zip(chans, chans[1:], strict=False))
-        )
+        self.features = nn.Sequential(*(_down(a, b) for a, b in itertools.pairwise(chans)))
         flat = cfg.widths[-1] * cfg.feature_size**2
         self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(flat, cfg.hidden_dim), nn.SiLU())
         self.to_stats = nn.Linear(cfg.hidden_dim, 2 * cfg.latent_dim)
@@ -59,7 +59,7 @@ class Decoder(nn.Module):
             nn.Linear(cfg.hidden_dim, flat),
             nn.SiLU(),
         )
-        ups = [_up(a, b) for a, b in zip(widths, widths[1:], strict=False)]
+        ups = [_up(a, b) for a, b in itertools.pairwise(widths)]
         self.features = nn.Sequential(*ups)
         self.to_image = nn.ConvTranspose2d(widths[-1], cfg.channels, 4, stride=2, padding=1)
 
