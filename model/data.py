@@ -124,8 +124,8 @@ def load_image_folder(
 
 def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
     try:
-        with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
+        with Image.open(path) as opened:
+            img = opened.convert("L" if channels == 1 else "RGB")
             img = img.resize((size, size), Image.Resampling.LANCZOS)
             arr = np.asarray(img, dtype=np.uint8)
     except (OSError, ValueError) as exc:
