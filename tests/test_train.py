@@ -1,0 +1,151 @@
+"""The training CLI end to end on tiny subsets of Fashion-MNIST, on CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from model import load_weights
+from model.checkpoint import checkpoint_path
+from model.distributed import parameter_digest
+from model.train import main
+
+DATA = Path("/usr/share/datasets/fashion-mnist")
+TINY_ARGS = [
+    "--limit-train",
+    "256",
+    "--limit-test",
+    "64",
+    "--latent-dim",
+    "4",
+    "--widths",
+    "4,8",
+    "--hidden-dim",
+    "16",
+    "--batch-size",
+    "64",
+    "--no-progress",
+]
+
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"Fashion-MNIST not installed at {DATA}")
+
+
+def train(out: Path, *extra: str) -> int:
+    return main([*TINY_ARGS, "--out", str(out), *extra])
+
+
+@needs_data
+def test_one_epoch_writes_weights_that_load_and_evaluate(tmp_path: Path) -> None:
+    out = tmp_path / "w.safetensors"
+    assert train(out, "--epochs", "1") == 0
+    ckpt = load_weights(out)
+    assert ckpt.config.latent_dim == 4
+    assert ckpt.metadata["data"]["name"] == "fashion-mnist"
+    assert ckpt.metadata["training"]["epochs"] == 1
+    final = ckpt.metadata["training"]["final_test"]
+    assert 0 < final["neg_elbo"] < 800 and final["kl"] >= 0
+    report = tmp_path / "w.report"
+    for name in ("metrics.json", "loss_curve.png", "samples.png", "reconstructions.png"):
+        assert (report / name).stat().st_size > 0, name
+
+
+@needs_data
+def test_identical_seeds_give_identical_weights(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert train(a, "--epochs", "1", "--seed", "3") == 0
+    assert train(b, "--epochs", "1", "--seed", "3") == 0
+    assert parameter_digest(load_weights(a).model) == parameter_digest(load_weights(b).model)
+
+
+@needs_data
+def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "s.safetensors", tmp_path / "r.safetensors"
+    assert train(straight, "--epochs", "2") == 0
+    assert train(resumed, "--epochs", "1") == 0
+    assert checkpoint_path(resumed).exists()
+    assert train(resumed, "--epochs", "2", "--resume") == 0
+    history = load_weights(resumed).metadata["training"]["epochs"]
+    assert history == 2
+    assert parameter_digest(load_weights(straight).model) == parameter_digest(
+        load_weights(resumed).model
+    )
+
+
+def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag in ("--epochs", "--beta", "--warmup-epochs", "--resume", "--device", "--data-dir"):
+        assert flag in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--epochs", "0"],
+        ["--batch-size", "-1"],
+        ["--lr", "0"],
+        ["--widths", "a,b"],
+        ["--likelihood", "poisson"],
+        ["--channels", "2"],
+    ],
+)
+def test_bad_arguments_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_bad_data_path_gets_one_clear_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nowhere"
+    assert main(["--data", str(missing), "--out", str(tmp_path / "w.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vae-train: error:") and str(missing) in err and "\n" not in err
+
+
+def test_image_size_not_divisible_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("L", (40, 40), 128).save(folder / "a.png")
+    assert main(["--data", str(folder), "--image-size", "30", "--out", str(tmp_path / "w.st")]) == 2
+    assert "not divisible" in capsys.readouterr().err
+
+
+@needs_data
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
+    out = tmp_path / "ddp.safetensors"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "model.train",
+        *TINY_ARGS,
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    training = load_weights(out).metadata["training"]
+    assert training["world_size"] == 2
+    assert training["replicas_identical"] is True
+    assert torch.isfinite(torch.tensor(training["final_test"]["neg_elbo"]))
