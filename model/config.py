@@ -33,6 +33,7 @@ class VAEConfig:
         self.validate()
 
     def validate(self) -> None:
+        self._check_integers()
         if self.image_size < 4:
             raise ValueError(f"image_size must be at least 4, got {self.image_size}")
         if self.channels not in (1, 3):
@@ -50,6 +51,14 @@ class VAEConfig:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.hidden_dim < 1 or self.gaussian_std <= 0:
             raise ValueError("hidden_dim and gaussian_std must be positive")
+
+    def _check_integers(self) -> None:
+        # A config read from a file may carry 28.0 or "28"; nn layers would fail later
+        # with an obscure TypeError, so name the field here.
+        for name in ("image_size", "channels", "latent_dim", "hidden_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
 
     @property
     def feature_size(self) -> int:
