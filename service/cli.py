@@ -1,0 +1,81 @@
+"""``vae-serve``: check the weights, then serve them with uvicorn.
+
+Every setting is a flag that overrides its ``VAE_*`` environment variable. Weights
+that cannot be used stop the process with one line and exit status 1, before it
+listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import typing
+from collections.abc import Sequence
+
+import uvicorn
+from pydantic import ValidationError
+
+from model import WeightsError
+from service.main import create_app
+from service.runtime import DeviceError, load_checkpoint
+from service.settings import Settings, env_name
+
+PROG = "vae-serve"
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Serve a VAE over HTTP (FastAPI + uvicorn). API docs at /docs.",
+        epilog="Each flag overrides its environment variable, which overrides the default.",
+    )
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        choices = (
+            typing.get_args(field.annotation)
+            if typing.get_origin(field.annotation) is typing.Literal
+            else None
+        )
+        parser.add_argument(
+            flag(name),
+            dest=name,
+            metavar=name.upper(),
+            choices=choices,
+            help=f"{field.description} [env {env_name(name)}; default: {default}]",
+        )
+    return parser
+
+
+def describe(exc: ValidationError) -> str:
+    """A settings error on one line, naming both the flag and the variable."""
+    problems = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        problems.append(f"{flag(name)} / {env_name(name)}: {error['msg']}")
+    return "; ".join(problems)
+
+
+def read_settings(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> Settings:
+    overrides = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not None}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        parser.error(describe(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = read_settings(build_parser(), argv)
+    try:
+        checkpoint = load_checkpoint(settings.weights, settings.device)
+    except (WeightsError, DeviceError) as exc:
+        sys.exit(f"{PROG}: cannot start: {exc}")
+    app = create_app(settings, checkpoint)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()

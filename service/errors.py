@@ -1,0 +1,80 @@
+"""Error statuses and the handlers that turn every failure into ``{"detail": ...}``.
+
+Status policy (also in the OpenAPI page):
+
+* 400 - an image that is empty or that no decoder can read;
+* 413 - a request body over ``VAE_MAX_BODY_BYTES`` (the HTTP meaning of 413);
+* 415 - a body whose content type the endpoint does not take;
+* 422 - a well-formed request whose values are wrong: latents of the wrong length,
+  NaN, infinite or out of range, an unknown ``format``, bad base64, and counts over
+  a configured limit (images or latents per request, pixels per image, ``n``, ``steps``);
+* 503 - the model is not loaded yet.
+
+Nothing reaches a client as a traceback: an unexpected exception is logged and answered
+with a generic 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+logger = logging.getLogger("service")
+
+
+class ServiceError(HTTPException):
+    """A refusal with a fixed status. Subclassing HTTPException lets FastAPI pass it
+    through its body parsing untouched, so a limit hit there keeps its status."""
+
+    status: ClassVar[int] = 500
+
+    def __init__(self, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(self.status, detail, headers)
+
+
+class BadImage(ServiceError):
+    status = 400
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
+
+
+class Unprocessable(ServiceError):
+    status = 422
+
+
+class NotReady(ServiceError):
+    status = 503
+
+
+def _public_error(error: Any) -> dict[str, Any]:
+    # Drop "input" (it may echo megabytes of base64, or NaN that JSON cannot carry)
+    # and "ctx" (it may hold exception objects).
+    return {"loc": list(error.get("loc", ())), "msg": error.get("msg"), "type": error.get("type")}
+
+
+async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    detail = [_public_error(error) for error in exc.errors()]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "internal server error"}, status_code=500)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """HTTPException (and so ServiceError) keeps FastAPI's ``{"detail": ...}`` handler."""
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(Exception, unexpected_error)

@@ -1,0 +1,5 @@
+"""HTTP routes, split by concern."""
+
+from service.routes import inference, ops
+
+ROUTERS = (ops.router, inference.router)

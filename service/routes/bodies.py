@@ -1,0 +1,114 @@
+"""Reading request bodies: image files (multipart or base64 JSON) and latents.
+
+Each reader checks counts against the settings before the expensive work, and turns
+what it reads into CPU float32 tensors for the runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import math
+from typing import Annotated, TypeVar
+
+import torch
+from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from torch import Tensor
+
+from service.deps import AppSettings, Runtime, media_type
+from service.errors import Unprocessable, UnsupportedMediaType
+from service.imaging import decode_images
+from service.schemas import EncodeRequest
+from service.settings import Settings, env_name
+
+IMAGE_MEDIA_TYPES = ("multipart/form-data", "application/json")
+M = TypeVar("M", bound=BaseModel)
+
+
+def check_limit(count: int, limit: int, what: str, setting: str) -> None:
+    """422 when a count is over its configured limit."""
+    if count > limit:
+        raise Unprocessable(f"{what} is {count}; the limit is {limit} ({env_name(setting)})")
+
+
+async def parse_json(request: Request, model: type[M]) -> M:
+    """The body validated as ``model``; errors as FastAPI's 422 list."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+def unsupported(request: Request, accepted: tuple[str, ...]) -> UnsupportedMediaType:
+    got = media_type(request) or "none"
+    return UnsupportedMediaType(f"expected Content-Type {' or '.join(accepted)}, got {got}")
+
+
+def from_base64(encoded: list[str]) -> list[bytes]:
+    blobs = []
+    for i, text in enumerate(encoded):
+        try:
+            blobs.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, ValueError):
+            raise Unprocessable(f"images[{i}] is not valid base64") from None
+    return blobs
+
+
+async def multipart_blobs(request: Request) -> list[bytes]:
+    """The files sent as parts named ``images``, in order."""
+    # The body limit bounds the number of parts; the image limit is checked by the caller,
+    # so it answers 422 like every other count.
+    async with request.form(max_files=math.inf) as form:
+        parts = form.getlist("images")
+        if not parts:
+            raise Unprocessable("multipart body has no parts named 'images'")
+        if not all(isinstance(part, UploadFile) for part in parts):
+            raise Unprocessable("every 'images' part must be a file (curl -F images=@file.png)")
+        return [await part.read() for part in parts if isinstance(part, UploadFile)]
+
+
+async def image_blobs(request: Request, max_images: int) -> list[bytes]:
+    """Image files from a multipart body or a JSON ``{"images": [base64, ...]}`` body."""
+    kind = media_type(request)
+    if kind == "multipart/form-data":
+        blobs = await multipart_blobs(request)
+        check_limit(len(blobs), max_images, "images per request", "max_images_per_request")
+        return blobs
+    if kind == "application/json":
+        encoded = (await parse_json(request, EncodeRequest)).images
+        check_limit(len(encoded), max_images, "images per request", "max_images_per_request")
+        return from_base64(encoded)
+    raise unsupported(request, IMAGE_MEDIA_TYPES)
+
+
+async def images_tensor(blobs: list[bytes], runtime: Runtime, settings: Settings) -> Tensor:
+    """Decode off the event loop, to the model's channels and size."""
+    cfg = runtime.config
+    array = await asyncio.to_thread(
+        decode_images, blobs, cfg.image_size, cfg.channels, settings.max_pixels_per_image
+    )
+    return torch.from_numpy(array)
+
+
+async def request_images(request: Request, runtime: Runtime, settings: AppSettings) -> Tensor:
+    """The request's images as an N x C x H x W tensor in [0, 1]."""
+    blobs = await image_blobs(request, settings.max_images_per_request)
+    return await images_tensor(blobs, runtime, settings)
+
+
+def latents_tensor(rows: list[list[float]], latent_dim: int, max_rows: int) -> Tensor:
+    """Validated latents (finite floats) as N x latent_dim; 422 on a wrong length."""
+    check_limit(len(rows), max_rows, "latents per request", "max_images_per_request")
+    for i, row in enumerate(rows):
+        if len(row) != latent_dim:
+            raise Unprocessable(
+                f"z[{i}] has {len(row)} values; this model's latent_dim is {latent_dim}"
+            )
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+Images = Annotated[Tensor, Depends(request_images)]

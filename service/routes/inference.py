@@ -1,0 +1,206 @@
+"""The model endpoints: /encode, /decode, /reconstruct, /interpolate, /sample.
+
+Each handler parses its request, makes one call on the runtime, and builds the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel
+from torch import Tensor
+
+from service.deps import AppSettings, Runtime, media_type, require_json
+from service.errors import Unprocessable
+from service.imaging import encode_base64_pngs, encode_grid_png
+from service.routes.bodies import (
+    IMAGE_MEDIA_TYPES,
+    Images,
+    check_limit,
+    from_base64,
+    images_tensor,
+    latents_tensor,
+    multipart_blobs,
+    parse_json,
+    unsupported,
+)
+from service.runtime import draw_posterior
+from service.schemas import (
+    PNG_RESPONSE,
+    DecodeRequest,
+    DecodeResponse,
+    EncodeRequest,
+    EncodeResponse,
+    ImageFormat,
+    InterpolateRequest,
+    InterpolateResponse,
+    SampleResponse,
+    error_responses,
+    image_body,
+)
+
+router = APIRouter(tags=["model"])
+
+IMAGE_ERRORS = error_responses(400, 413, 415, 422, 503)
+Seed = Annotated[
+    int | None,
+    Query(
+        ge=0, le=2**63 - 1, description="Seed of the random draws; chosen and returned if absent"
+    ),
+]
+Format = Annotated[
+    ImageFormat,
+    Query(
+        alias="format", description="json: base64 PNGs in JSON; png: one PNG (a grid for several)"
+    ),
+]
+
+
+def choose_seed(seed: int | None) -> int:
+    return secrets.randbits(31) if seed is None else seed
+
+
+async def reply_with_images(
+    images: Tensor,
+    fmt: ImageFormat,
+    build: Callable[[list[str]], BaseModel],
+    headers: dict[str, str] | None = None,
+) -> BaseModel | Response:
+    """PNG encoding runs off the event loop; ``build`` wraps the base64 PNGs in a model."""
+    array = images.numpy()
+    if fmt is ImageFormat.png:
+        png = await asyncio.to_thread(encode_grid_png, array)
+        return Response(png, media_type="image/png", headers=headers)
+    return build(await asyncio.to_thread(encode_base64_pngs, array))
+
+
+@router.post(
+    "/encode",
+    response_model=EncodeResponse,
+    response_model_exclude_none=True,
+    responses=IMAGE_ERRORS,
+    openapi_extra=image_body(EncodeRequest, "Images as multipart parts named 'images', or JSON"),
+)
+async def encode(
+    images: Images,
+    runtime: Runtime,
+    sample: Annotated[bool, Query(description="Also return one draw z from each q(z|x)")] = False,
+    seed: Seed = None,
+) -> EncodeResponse:
+    """Mean and log-variance of q(z|x) for each image, in order. Images are converted to
+    the model's channels and resized to its image size."""
+    posterior = await runtime.encode(images)
+    reply = EncodeResponse(
+        latent_dim=runtime.config.latent_dim,
+        mean=posterior.mean.tolist(),
+        logvar=posterior.logvar.tolist(),
+    )
+    if sample:
+        reply.seed = choose_seed(seed)
+        reply.z = draw_posterior(posterior, reply.seed).tolist()
+    return reply
+
+
+@router.post(
+    "/decode",
+    response_model=DecodeResponse,
+    responses={**PNG_RESPONSE, **error_responses(413, 415, 422, 503)},
+    dependencies=[Depends(require_json)],
+)
+async def decode(
+    body: DecodeRequest, runtime: Runtime, settings: AppSettings, fmt: Format = ImageFormat.json
+) -> BaseModel | Response:
+    """Images (the mean of p(x|z)) for each latent, in order."""
+    z = latents_tensor(body.z, runtime.config.latent_dim, settings.max_images_per_request)
+    images = await runtime.decode(z)
+    return await reply_with_images(images, fmt, lambda pngs: DecodeResponse(images=pngs))
+
+
+@router.post(
+    "/reconstruct",
+    response_model=DecodeResponse,
+    responses={**PNG_RESPONSE, **IMAGE_ERRORS},
+    openapi_extra=image_body(EncodeRequest, "Images as multipart parts named 'images', or JSON"),
+)
+async def reconstruct(
+    images: Images, runtime: Runtime, fmt: Format = ImageFormat.json
+) -> BaseModel | Response:
+    """Each image through the encoder's mean and back through the decoder."""
+    recon = await runtime.reconstruct(images)
+    return await reply_with_images(recon, fmt, lambda pngs: DecodeResponse(images=pngs))
+
+
+async def interpolation_ends(request: Request, runtime: Runtime, settings: AppSettings) -> Tensor:
+    """The two latents to join: given, or the posterior means of two images."""
+    kind = media_type(request)
+    if kind == "multipart/form-data":
+        blobs = await multipart_blobs(request)
+        if len(blobs) != 2:
+            raise Unprocessable(f"interpolation takes exactly 2 images, got {len(blobs)}")
+    elif kind == "application/json":
+        body = await parse_json(request, InterpolateRequest)
+        if body.z is not None:
+            return latents_tensor(body.z, runtime.config.latent_dim, 2)
+        blobs = from_base64(body.images or [])
+    else:
+        raise unsupported(request, IMAGE_MEDIA_TYPES)
+    return (await runtime.encode(await images_tensor(blobs, runtime, settings))).mean
+
+
+@router.post(
+    "/interpolate",
+    response_model=InterpolateResponse,
+    responses={**PNG_RESPONSE, **IMAGE_ERRORS},
+    openapi_extra=image_body(
+        InterpolateRequest, "Two images (multipart parts named 'images', or JSON), or two latents"
+    ),
+)
+async def interpolate(
+    request: Request,
+    runtime: Runtime,
+    settings: AppSettings,
+    steps: Annotated[int, Query(ge=2, description="Points on the line, both ends included")] = 8,
+    fmt: Format = ImageFormat.json,
+) -> BaseModel | Response:
+    """Decoded points on the straight line between two latents: nearby latents decode to
+    similar images (continuity) and every point decodes to a plausible one (completeness)."""
+    check_limit(steps, settings.max_interpolation_steps, "steps", "max_interpolation_steps")
+    ends = await interpolation_ends(request, runtime, settings)
+    z, images = await runtime.interpolate(ends[0], ends[1], steps)
+    return await reply_with_images(
+        images, fmt, lambda pngs: InterpolateResponse(steps=steps, z=z.tolist(), images=pngs)
+    )
+
+
+@router.get(
+    "/sample",
+    response_model=SampleResponse,
+    responses={**PNG_RESPONSE, **error_responses(422, 503)},
+)
+async def sample(
+    runtime: Runtime,
+    settings: AppSettings,
+    n: Annotated[int, Query(ge=1, description="How many images")] = 16,
+    seed: Seed = None,
+    temperature: Annotated[
+        float, Query(ge=0.0, le=10.0, allow_inf_nan=False, description="Prior std")
+    ] = 1.0,
+    fmt: Format = ImageFormat.json,
+) -> BaseModel | Response:
+    """n latents from the prior N(0, temperature^2 I), decoded. The same seed gives the
+    same PNGs byte for byte on the same device; with ?format=png the seed is in X-Seed."""
+    check_limit(n, settings.max_sample_n, "n", "max_sample_n")
+    chosen = choose_seed(seed)
+    z, images = await runtime.sample(n, temperature, chosen)
+    return await reply_with_images(
+        images,
+        fmt,
+        lambda pngs: SampleResponse(
+            seed=chosen, temperature=temperature, z=z.tolist(), images=pngs
+        ),
+        headers={"X-Seed": str(chosen)},
+    )

@@ -1,0 +1,43 @@
+"""Operational endpoints: liveness, readiness, and what model is being served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+
+from service.deps import Runtime
+from service.schemas import ModelInfo, Status, error_responses
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Status)
+async def healthz() -> Status:
+    """200 while the process lives, loaded or not."""
+    return Status(status="ok")
+
+
+@router.get("/readyz", response_model=Status, responses=error_responses(503))
+async def readyz(runtime: Runtime) -> Status:
+    """200 once the weights are loaded and warmed up; 503 before."""
+    return Status(status="ready")
+
+
+@router.get("/model", response_model=ModelInfo, responses=error_responses(503))
+async def model_info(runtime: Runtime) -> ModelInfo:
+    """The served weights: their metadata, where they run, and the file's SHA-256."""
+    ckpt, cfg = runtime.checkpoint, runtime.config
+    return ModelInfo(
+        weights=Path(ckpt.path).name,
+        sha256=ckpt.sha256,
+        format_version=int(ckpt.metadata.get("format_version", 0)),
+        device=str(runtime.device),
+        latent_dim=cfg.latent_dim,
+        image_size=cfg.image_size,
+        channels=cfg.channels,
+        likelihood=cfg.likelihood,
+        config=cfg.to_dict(),
+        data=ckpt.metadata.get("data") or {},
+        training=ckpt.metadata.get("training") or {},
+    )

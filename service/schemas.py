@@ -1,0 +1,168 @@
+"""Request and response bodies of the API, with the examples shown at ``/docs``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, model_validator
+
+# A 28 x 28 grey PNG (a light bar on black), base64-encoded: a valid example input.
+EXAMPLE_PNG = (
+    "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAHklEQVR42mNgGEqAEc46AWdZwBhM+HSOSg5GyaEF"
+    "AKcsASBLq2xRAAAAAElFTkSuQmCC"
+)
+EXAMPLE_Z = [0.12, -1.3, 0.57, 0.0]
+# Far beyond anything the N(0, I) prior produces; larger values only overflow the decoder.
+MAX_ABS_LATENT = 1e4
+
+LatentValue = Annotated[
+    float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_LATENT, le=MAX_ABS_LATENT)
+]
+Latent = Annotated[list[LatentValue], Field(min_length=1, description="latent_dim floats")]
+Base64Image = Annotated[str, Field(description="An image file (PNG, JPEG, ...), base64-encoded")]
+
+
+class ImageFormat(StrEnum):
+    """How images come back: base64 PNGs inside JSON, or one PNG (a grid for several)."""
+
+    json = "json"
+    png = "png"
+
+
+class EncodeRequest(BaseModel):
+    images: list[Base64Image] = Field(min_length=1, examples=[[EXAMPLE_PNG]])
+
+
+class EncodeResponse(BaseModel):
+    """One row per image, in request order."""
+
+    latent_dim: int = Field(examples=[4])
+    mean: list[list[float]] = Field(description="Mean of q(z|x)", examples=[[EXAMPLE_Z]])
+    logvar: list[list[float]] = Field(
+        description="Natural log of the variance of q(z|x)", examples=[[[-3.1, -2.8, -3.4, -0.1]]]
+    )
+    z: list[list[float]] | None = Field(
+        default=None,
+        description="With ?sample=true: one draw from each q(z|x)",
+        examples=[[EXAMPLE_Z]],
+    )
+    seed: int | None = Field(default=None, description="With ?sample=true: the seed of the draws")
+
+
+class DecodeRequest(BaseModel):
+    z: list[Latent] = Field(min_length=1, examples=[[EXAMPLE_Z]])
+
+
+class DecodeResponse(BaseModel):
+    images: list[str] = Field(description="Base64 PNG files, in order", examples=[[EXAMPLE_PNG]])
+
+
+class SampleResponse(DecodeResponse):
+    seed: int = Field(description="Seed of the prior draws: send it back for the same images")
+    temperature: float
+    z: list[list[float]] = Field(examples=[[EXAMPLE_Z]])
+
+
+class InterpolateRequest(BaseModel):
+    """Exactly one of the two: two images or two latents."""
+
+    images: list[Base64Image] | None = Field(
+        None, min_length=2, max_length=2, examples=[[EXAMPLE_PNG, EXAMPLE_PNG]]
+    )
+    z: list[Latent] | None = Field(default=None, min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def one_pair(self) -> InterpolateRequest:
+        if (self.images is None) == (self.z is None):
+            raise ValueError("give either 'images' (two) or 'z' (two latents), not both")
+        return self
+
+
+class InterpolateResponse(DecodeResponse):
+    steps: int
+    z: list[list[float]] = Field(description="The points on the line, first to last")
+
+
+class ModelInfo(BaseModel):
+    weights: str = Field(description="File name of the served weights")
+    sha256: str
+    format_version: int
+    device: str
+    latent_dim: int
+    image_size: int
+    channels: int
+    likelihood: str
+    config: dict[str, Any]
+    data: dict[str, Any] = Field(description="The data set the weights were trained on")
+    training: dict[str, Any] = Field(description="Training summary: epochs, test metrics, ...")
+
+
+class Status(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    detail: str | list[ValidationIssue]
+
+
+ERROR_MEANINGS = {
+    400: "Empty image, or a file no image decoder can read",
+    413: "Request body over VAE_MAX_BODY_BYTES",
+    415: "Content type this endpoint does not take",
+    422: "Invalid values (latent length, NaN/inf, format, base64) or a count over its limit",
+    503: "Model not loaded yet",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses an endpoint can answer."""
+    return {code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]} for code in codes}
+
+
+PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/png": {}}, "description": "JSON, or with ?format=png one PNG"}
+}
+MULTIPART_IMAGES = {
+    "type": "object",
+    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+    "required": ["images"],
+}
+
+
+def image_body(json_model: type[BaseModel], what: str) -> dict[str, Any]:
+    """openapi_extra for endpoints that read images from multipart or JSON bodies."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": what,
+            "content": {
+                "multipart/form-data": {"schema": MULTIPART_IMAGES},
+                "application/json": {"schema": json_model.model_json_schema()},
+            },
+        }
+    }
+
+
+API_DESCRIPTION = """
+A variational autoencoder over HTTP: encode images to the posterior q(z|x), decode
+latents to images, sample the prior, reconstruct, and interpolate.
+
+**Images in**: any file Pillow reads (PNG, JPEG, WebP, BMP, GIF first frame, TIFF), as
+multipart parts named `images` or base64 strings in JSON. Each is converted to the
+model's channels (transparent pixels become black, 16-bit greys are scaled) and resized
+to its square image size, aspect ratio not kept.
+
+**Images out**: base64 PNGs in JSON, or with `?format=png` one PNG (a grid for several).
+
+**Errors** are JSON `{"detail": ...}`: 400 empty or undecodable image; 413 body over
+`VAE_MAX_BODY_BYTES`; 415 wrong content type; 422 invalid values (latent length,
+NaN/inf/out of range, unknown `format`, bad base64) and counts over a limit (images per
+request, pixels per image, `n`, `steps`); 503 model not loaded yet.
+"""
