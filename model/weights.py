@@ -71,7 +71,19 @@ def save_weights(
         if key.startswith(MODEL_PREFIX):
             raise ValueError(f"extra tensor name {key!r} clashes with the model prefix")
         tensors[key] = value.detach().cpu().contiguous()
-    return write_atomic(path, st_save(tensors, metadata=encode_metadata(meta)))
+    return write_atomic(path, canonical_header(st_save(tensors, metadata=encode_metadata(meta))))
+
+
+def canonical_header(payload: bytes) -> bytes:
+    """safetensors writes metadata in hash-map order, which changes from call to call
+    (safetensors issue #584); sorting the header's keys makes equal tensors and metadata
+    give equal bytes, so a file's SHA-256 identifies its content. Data offsets are
+    relative to the end of the header, so the tensor bytes stay as they are."""
+    size = int.from_bytes(payload[:8], "little")
+    header = json.loads(payload[8 : 8 + size])
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format pads the header to 8 bytes with spaces
+    return len(raw).to_bytes(8, "little") + raw + payload[8 + size :]
 
 
 def write_atomic(path: str | Path, payload: bytes) -> Path:
