@@ -1,0 +1,221 @@
+"""The dynamic batcher: right answers to the right callers, failure isolation, limits."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import torch
+from torch import Tensor
+
+from model import VAE
+from service.batcher import (
+    Batcher,
+    BatcherClosed,
+    InvalidRows,
+    Operation,
+    Outputs,
+    QueueFull,
+)
+
+
+class Recorder:
+    """Wraps a batch function: records each batch's rows; can hold the worker or fail."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor | Outputs]) -> None:
+        self.fn = fn
+        self.batches: list[Tensor] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.started = threading.Event()
+
+    def __call__(self, batch: Tensor) -> Tensor | Outputs:
+        self.started.set()
+        self.release.wait(timeout=10)
+        if torch.isnan(batch).any():
+            raise RuntimeError("NaN in batch")
+        self.batches.append(batch.clone())
+        return self.fn(batch)
+
+
+@pytest.fixture
+def encode(tiny_model: VAE) -> Recorder:
+    return Recorder(tiny_model.encode)
+
+
+@pytest.fixture
+def decode(tiny_model: VAE) -> Recorder:
+    return Recorder(tiny_model.decode)
+
+
+MakeBatcher = Callable[..., Batcher]
+
+
+@pytest.fixture
+def make_batcher(tiny_model: VAE, encode: Recorder, decode: Recorder) -> Iterator[MakeBatcher]:
+    made: list[Batcher] = []
+    cfg = tiny_model.cfg
+
+    def make(**limits: Any) -> Batcher:
+        ops = {
+            "encode": Operation(encode, cfg.image_shape),
+            "decode": Operation(decode, (cfg.latent_dim,)),
+        }
+        made.append(Batcher(ops, **limits))
+        return made[-1]
+
+    yield make
+    encode.release.set()
+    decode.release.set()
+    for batcher in made:
+        batcher.close()
+
+
+def images(n: int, seed: int) -> Tensor:
+    return torch.rand((n, 1, 28, 28), generator=torch.Generator().manual_seed(seed))
+
+
+def test_concurrent_requests_get_their_own_answers(
+    make_batcher: MakeBatcher, tiny_model: VAE, encode: Recorder
+) -> None:
+    batcher = make_batcher(max_batch_size=16, max_delay_s=0.005)
+    inputs = [images(1 + i % 3, seed=i) for i in range(120)]
+    latents = [
+        torch.randn(1 + i % 2, 4, generator=torch.Generator().manual_seed(i)) for i in range(60)
+    ]
+
+    async def main() -> tuple[list[Outputs], list[Outputs]]:
+        enc = [batcher.submit("encode", x) for x in inputs]
+        dec = [batcher.submit("decode", z) for z in latents]
+        return await asyncio.gather(*enc), await asyncio.gather(*dec)
+
+    encoded, decoded = asyncio.run(main())
+    with torch.inference_mode():
+        for x, (mean, logvar) in zip(inputs, encoded, strict=True):
+            want_mean, want_logvar = tiny_model.encode(x)
+            torch.testing.assert_close(mean, want_mean, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(logvar, want_logvar, atol=1e-5, rtol=1e-4)
+        for z, (image,) in zip(latents, decoded, strict=True):
+            torch.testing.assert_close(image, tiny_model.decode(z), atol=1e-5, rtol=1e-4)
+    assert max(len(b) for b in encode.batches) <= 16
+    assert len(encode.batches) < len(inputs) / 4, "concurrent requests were not batched"
+
+
+def test_bad_request_fails_alone(make_batcher: MakeBatcher, encode: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=64, max_delay_s=0.05)
+    bad = images(2, seed=0)
+    bad[1, 0, 3, 3] = float("nan")
+
+    async def main() -> list[Outputs | BaseException]:
+        futures = [batcher.submit("encode", images(1, seed=i)) for i in range(5)]
+        futures.insert(2, batcher.submit("encode", bad))
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    answers = asyncio.run(main())
+    assert isinstance(answers[2], RuntimeError) and "NaN" in str(answers[2])
+    assert all(
+        isinstance(a, tuple) and a[0].shape == (1, 4) for i, a in enumerate(answers) if i != 2
+    )
+
+
+def test_rows_of_the_wrong_shape_are_refused_before_queueing(make_batcher: MakeBatcher) -> None:
+    batcher = make_batcher()
+
+    async def main() -> None:
+        with pytest.raises(InvalidRows, match="expected rows of shape"):
+            batcher.submit("decode", torch.zeros(3, 5))
+        with pytest.raises(InvalidRows, match="no rows"):
+            batcher.submit("decode", torch.zeros(0, 4))
+        with pytest.raises(InvalidRows, match="floating-point"):
+            batcher.submit("decode", torch.zeros(1, 4, dtype=torch.int64))
+
+    asyncio.run(main())
+    assert batcher.queued_rows == 0
+
+
+def test_full_queue_raises_queue_full(make_batcher: MakeBatcher, decode: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=4, max_delay_s=0, max_queue_rows=10)
+    decode.release.clear()
+
+    async def main() -> list[Outputs]:
+        first = batcher.submit("decode", torch.zeros(4, 4))
+        await asyncio.to_thread(decode.started.wait, 5)  # the worker holds the first batch
+        queued = [batcher.submit("decode", torch.zeros(3, 4)) for _ in range(3)]
+        with pytest.raises(QueueFull):
+            batcher.submit("decode", torch.zeros(2, 4))
+        decode.release.set()
+        return await asyncio.gather(first, *queued)
+
+    answers = asyncio.run(main())
+    assert [a[0].shape[0] for a in answers] == [4, 3, 3, 3]
+
+
+def test_zero_delay_answers_without_waiting(make_batcher: MakeBatcher, tiny_model: VAE) -> None:
+    batcher = make_batcher(max_delay_s=0)
+    z = torch.randn(3, 4)
+
+    async def main() -> Outputs:
+        return await asyncio.wait_for(batcher.submit("decode", z), timeout=5)
+
+    (image,) = asyncio.run(main())
+    with torch.inference_mode():
+        torch.testing.assert_close(image, tiny_model.decode(z))
+
+
+def test_oversize_request_is_split_and_joined_in_order(
+    make_batcher: MakeBatcher, tiny_model: VAE, encode: Recorder
+) -> None:
+    batcher = make_batcher(max_batch_size=8, max_delay_s=0.01)
+    big, small = images(21, seed=1), images(3, seed=2)
+
+    async def main() -> list[Outputs]:
+        return await asyncio.gather(batcher.submit("encode", big), batcher.submit("encode", small))
+
+    (big_mean, _), (small_mean, _) = asyncio.run(main())
+    assert max(len(b) for b in encode.batches) <= 8
+    assert sum(len(b) for b in encode.batches) == 24
+    with torch.inference_mode():
+        torch.testing.assert_close(big_mean, tiny_model.encode(big)[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(small_mean, tiny_model.encode(small)[0], atol=1e-5, rtol=1e-4)
+
+
+def test_cancelled_request_is_not_run(make_batcher: MakeBatcher, decode: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=4, max_delay_s=0)
+    decode.release.clear()
+    gone = torch.full((2, 4), 7.0)
+
+    async def main() -> Outputs:
+        first = batcher.submit("decode", torch.zeros(4, 4))
+        await asyncio.to_thread(decode.started.wait, 5)
+        batcher.submit("decode", gone).cancel()
+        kept = batcher.submit("decode", torch.ones(1, 4))
+        decode.release.set()
+        await first
+        return await kept
+
+    (image,) = asyncio.run(main())
+    assert image.shape == (1, 1, 28, 28)
+    assert not any((b == 7.0).all(dim=1).any() for b in decode.batches)
+
+
+def test_close_answers_every_queued_request(make_batcher: MakeBatcher, decode: Recorder) -> None:
+    batcher = make_batcher(max_batch_size=2, max_delay_s=10.0)  # only close() can hurry them
+    decode.release.clear()
+
+    async def main() -> list[Outputs]:
+        futures = [batcher.submit("decode", torch.randn(1 + i % 3, 4)) for i in range(9)]
+        await asyncio.to_thread(decode.started.wait, 5)
+        closing = asyncio.create_task(batcher.aclose())
+        await asyncio.sleep(0.05)
+        with pytest.raises(BatcherClosed):
+            batcher.submit("decode", torch.zeros(1, 4))
+        decode.release.set()
+        answers = await asyncio.wait_for(asyncio.gather(*futures), timeout=10)
+        await closing
+        return answers
+
+    answers = asyncio.run(main())
+    assert [a[0].shape[0] for a in answers] == [1 + i % 3 for i in range(9)]
