@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
+import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from PIL import Image
 
 from model import VAE, VAEConfig, save_weights
+from service.main import create_app
+from service.settings import Settings
 
 # Tests share two cores with everything else; one thread each keeps them predictable.
 torch.set_num_threads(1)
@@ -34,3 +42,67 @@ def tiny_weights(tmp_path: Path, tiny_model: VAE) -> Path:
         "training": {"epochs": 0, "note": "random init for tests"},
     }
     return save_weights(tmp_path / "tiny.safetensors", tiny_model, meta)
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """LeCun's IDX format: zero, zero, type 0x08 (ubyte), rank, big-endian dims, data."""
+    dims = b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    payload = bytes([0, 0, 8, array.ndim]) + dims + array.astype(np.uint8).tobytes()
+    if path.suffix == ".gz":
+        payload = gzip.compress(payload)
+    path.write_bytes(payload)
+
+
+@pytest.fixture
+def idx_dir(tmp_path: Path) -> Path:
+    """A tiny Fashion-MNIST-like IDX directory: 64 train and 32 test 28 x 28 images,
+    the train files gzipped as in the Debian package, the test files plain."""
+    rng = np.random.default_rng(0)
+    directory = tmp_path / "idx"
+    directory.mkdir()
+    for split, n, suffix in (("train", 64, ".gz"), ("t10k", 32, "")):
+        _write_idx(
+            directory / f"{split}-images-idx3-ubyte{suffix}", rng.integers(0, 256, (n, 28, 28))
+        )
+        _write_idx(directory / f"{split}-labels-idx1-ubyte{suffix}", rng.integers(0, 10, (n,)))
+    return directory
+
+
+@pytest.fixture
+def api_settings(tiny_weights: Path) -> Settings:
+    """Service settings serving the tiny weights on the CPU, with small limits to hit."""
+    return Settings(
+        weights=tiny_weights,
+        device="cpu",
+        max_body_bytes=256 * 1024,
+        max_images_per_request=8,
+        max_pixels_per_image=512 * 512,
+        max_sample_n=32,
+        max_interpolation_steps=16,
+    )
+
+
+@pytest.fixture
+def client(api_settings: Settings) -> Iterator[TestClient]:
+    """A client of the app through its real lifespan (weights loaded and warmed up)."""
+    with TestClient(create_app(api_settings), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def image_file(
+    width: int = 28, height: int = 28, mode: str = "L", fmt: str = "PNG", seed: int = 0
+) -> bytes:
+    """An image file of random pixels, encoded by Pillow."""
+    rng = np.random.default_rng(seed)
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    pixels = rng.integers(0, 256, (height, width, bands), dtype=np.uint8)
+    img = Image.fromarray(pixels[..., 0] if bands == 1 else pixels).convert(mode)
+    out = io.BytesIO()
+    img.save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.fixture
+def make_image() -> Callable[..., bytes]:
+    """``make_image(width, height, mode, fmt, seed)`` -> image file bytes."""
+    return image_file
