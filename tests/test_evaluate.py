@@ -175,3 +175,21 @@ def test_vae_eval_help_as_a_module():
     assert done.returncode == 0
     for option in ("--iwae-k", "--limit-test", "--format", "--json", "--data-dir", "--device"):
         assert option in done.stdout
+
+
+def test_compare_classic_prints_both_models(idx_dir: Path, tmp_path: Path):
+    root = Path(__file__).resolve().parents[1]
+    args = ["--data-dir", str(idx_dir), "--epochs", "1", "--batch-size", "32", "--no-progress",
+            "--latent-dim", "4", "--widths", "4,8", "--hidden-dim", "16"]  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compare_classic", *args,
+         "--out", str(tmp_path / "cmp" / "vae.safetensors")],
+        cwd=root, capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    table = done.stdout.splitlines()[-2:]
+    assert table[0].startswith("classic MLP 400-20") and table[1].startswith(
+        "conv VAE z=4 (4, 8) h=16"
+    )
+    assert "64 train / 32 test images, 1 epochs" in done.stdout
+    assert (tmp_path / "cmp" / "classic.ckpt.safetensors").is_file()
