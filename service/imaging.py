@@ -124,13 +124,14 @@ def encode_base64_pngs(images: np.ndarray) -> list[str]:
     return [base64.b64encode(png).decode("ascii") for png in encode_pngs(images)]
 
 
-def encode_grid_png(images: np.ndarray) -> bytes:
-    """One PNG: the image itself for one image, else a near-square grid with black gutters."""
+def encode_grid_png(images: np.ndarray, columns: int | None = None) -> bytes:
+    """One PNG: the image itself for one image, else a grid with black gutters,
+    near-square unless ``columns`` is given."""
     tiles = to_uint8(images)
     n, h, w, c = tiles.shape
     if n == 1:
         return _png(tiles[0])
-    cols = math.ceil(math.sqrt(n))
+    cols = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = np.zeros(
         (rows * (h + GRID_PAD) + GRID_PAD, cols * (w + GRID_PAD) + GRID_PAD, c), np.uint8

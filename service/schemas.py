@@ -58,10 +58,11 @@ class DecodeResponse(BaseModel):
     images: list[str] = Field(description="Base64 PNG files, in order", examples=[[EXAMPLE_PNG]])
 
 
-class SampleResponse(DecodeResponse):
+class SampleResponse(BaseModel):
     seed: int = Field(description="Seed of the prior draws: send it back for the same images")
     temperature: float
     z: list[list[float]] = Field(examples=[[EXAMPLE_Z]])
+    images: list[str] = Field(description="Base64 PNG files, in order", examples=[[EXAMPLE_PNG]])
 
 
 class InterpolateRequest(BaseModel):
@@ -79,9 +80,10 @@ class InterpolateRequest(BaseModel):
         return self
 
 
-class InterpolateResponse(DecodeResponse):
+class InterpolateResponse(BaseModel):
     steps: int
     z: list[list[float]] = Field(description="The points on the line, first to last")
+    images: list[str] = Field(description="Base64 PNG files, first to last")
 
 
 class ModelInfo(BaseModel):
@@ -164,5 +166,6 @@ to its square image size, aspect ratio not kept.
 **Errors** are JSON `{"detail": ...}`: 400 empty or undecodable image; 413 body over
 `VAE_MAX_BODY_BYTES`; 415 wrong content type; 422 invalid values (latent length,
 NaN/inf/out of range, unknown `format`, bad base64) and counts over a limit (images per
-request, pixels per image, `n`, `steps`); 503 model not loaded yet.
+request, pixels per image, `n`, `steps`); 503 model not loaded yet. Unknown query
+parameters are ignored.
 """

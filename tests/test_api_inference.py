@@ -182,3 +182,9 @@ def test_sample_png_is_a_grid_with_its_seed_in_a_header(client: TestClient) -> N
     assert png_pixels(reply.content).shape == (122, 122)
     seed = reply.headers["x-seed"]
     assert client.get(f"/sample?n=16&format=png&seed={seed}").content == reply.content
+
+
+def test_interpolate_png_is_one_row(client: TestClient) -> None:
+    reply = client.post("/interpolate?steps=4&format=png", json={"z": [[0.0] * 4, [1.0] * 4]})
+    assert reply.headers["content-type"] == "image/png"
+    assert png_pixels(reply.content).shape == (32, 4 * 30 + 2)

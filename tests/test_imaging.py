@@ -158,3 +158,8 @@ def test_grid_is_near_square_with_gutters() -> None:
     grid = Image.open(io.BytesIO(encode_grid_png(np.ones((5, 1, 8, 8), np.float32))))
     side = 3 * (8 + GRID_PAD) + GRID_PAD
     assert grid.size == (side, 2 * (8 + GRID_PAD) + GRID_PAD) and side == 32
+
+
+def test_grid_with_given_columns() -> None:
+    grid = Image.open(io.BytesIO(encode_grid_png(np.ones((5, 1, 8, 8), np.float32), columns=5)))
+    assert grid.size == (5 * (8 + GRID_PAD) + GRID_PAD, 8 + 2 * GRID_PAD)

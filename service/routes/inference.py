@@ -69,11 +69,12 @@ async def reply_with_images(
     fmt: ImageFormat,
     build: Callable[[list[str]], BaseModel],
     headers: dict[str, str] | None = None,
+    columns: int | None = None,
 ) -> BaseModel | Response:
     """PNG encoding runs off the event loop; ``build`` wraps the base64 PNGs in a model."""
     array = images.numpy()
     if fmt is ImageFormat.png:
-        png = await asyncio.to_thread(encode_grid_png, array)
+        png = await asyncio.to_thread(encode_grid_png, array, columns)
         return Response(png, media_type="image/png", headers=headers)
     return build(await asyncio.to_thread(encode_base64_pngs, array))
 
@@ -167,12 +168,16 @@ async def interpolate(
     fmt: Format = ImageFormat.json,
 ) -> BaseModel | Response:
     """Decoded points on the straight line between two latents: nearby latents decode to
-    similar images (continuity) and every point decodes to a plausible one (completeness)."""
+    similar images (continuity) and every point decodes to a plausible one (completeness).
+    With ?format=png, one row of images."""
     check_limit(steps, settings.max_interpolation_steps, "steps", "max_interpolation_steps")
     ends = await interpolation_ends(request, runtime, settings)
     z, images = await runtime.interpolate(ends[0], ends[1], steps)
     return await reply_with_images(
-        images, fmt, lambda pngs: InterpolateResponse(steps=steps, z=z.tolist(), images=pngs)
+        images,
+        fmt,
+        lambda pngs: InterpolateResponse(steps=steps, z=z.tolist(), images=pngs),
+        columns=steps,  # one row, first to last
     )
 
 
