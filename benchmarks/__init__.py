@@ -1,0 +1,1 @@
+"""Throughput benchmark of the service against LitServe and a naive FastAPI endpoint."""

@@ -1,0 +1,218 @@
+"""Throughput of the service against the same work in-process, LitServe and a naive
+FastAPI endpoint, all measured in one run on this machine.
+
+    python -m benchmarks.bench --quick                      # a few minutes
+    python -m benchmarks.bench --write BENCHMARKS.md        # the full run, written down
+
+Each server runs in its own subprocess with the same weights and torch thread count;
+wrk (or, without it, an async httpx client) drives it. Single-image /encode runs at
+concurrency 1, 8, 32 and 64; the batch workloads (256 images or latents a request) at
+--batch-concurrency. Ours is also soaked with --soak requests to check that resident
+memory stays flat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks import servers, workloads
+from benchmarks.load import Load, drive, have_wrk
+from model import load_weights
+
+SINGLE_CONCURRENCY = (1, 8, 32, 64)
+PEERS = ("litserve", "naive")
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: workloads.Workload
+    concurrency: int
+    in_process: float  # images/s
+    loads: dict[str, Load]  # server name -> what it measured
+
+    def images_per_s(self, server: str) -> float | None:
+        load = self.loads.get(server)
+        return load.rate * self.workload.images if load else None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--weights", type=Path, help="weights file (default: the bundled ones)")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 s a measurement, 5,000-request soak"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
+    parser.add_argument("--soak", type=int, default=100_000, help="requests in the memory soak")
+    parser.add_argument("--batch-concurrency", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads in every server")
+    parser.add_argument("--peers", default=",".join(PEERS), help="peers to compare, or ''")
+    parser.add_argument("--write", type=Path, help="also write the report to this Markdown file")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.soak = 2.0, 5_000
+    return args
+
+
+def measure_in_process(all_work: list[workloads.Workload], seconds: float) -> dict[str, float]:
+    torch.set_num_threads(os.cpu_count() or 1)
+    rates = {w.name: workloads.images_per_second(w, seconds) for w in all_work}
+    print(f"in-process ({torch.get_num_threads()} threads): {rates}", file=sys.stderr)
+    return rates
+
+
+def measure_server(
+    server: servers.Server, all_work: list[workloads.Workload], args: argparse.Namespace
+) -> dict[tuple[str, int], Load]:
+    loads = {}
+    for work in all_work:
+        request = work.requests.get(server.name)
+        if request is None:
+            continue
+        levels = SINGLE_CONCURRENCY if work.images == 1 else (args.batch_concurrency,)
+        drive(server.base_url, request, levels[-1], 1.0)  # warm-up: connections, allocator
+        for concurrency in levels:
+            load = drive(server.base_url, request, concurrency, args.seconds)
+            loads[work.name, concurrency] = load
+            print(
+                f"{server.name:9} {work.name:28} c={concurrency:<3} {describe(load)}",
+                file=sys.stderr,
+            )
+    return loads
+
+
+def describe(load: Load) -> str:
+    return (
+        f"{load.rate:9,.0f} req/s  p50 {load.p50_ms:7.1f} ms  p99 {load.p99_ms:7.1f} ms"
+        f"  errors {load.errors}"
+    )
+
+
+def soak(server: servers.Server, work: workloads.Workload, requests: int, rate: float) -> str:
+    """Resident memory before and after about ``requests`` single-image requests."""
+    before = server.rss_mib()
+    load = drive(server.base_url, work.requests["ours"], 32, max(1.0, requests / rate))
+    after = server.rss_mib()
+    growth = 100 * (after - before) / before
+    return (
+        f"Resident memory of our server: {before:.1f} MiB after warm-up, {after:.1f} MiB after "
+        f"{load.requests:,} more single-image /encode requests at concurrency 32 "
+        f"({growth:+.1f}%; {load.errors} errors)."
+    )
+
+
+def ours_env(threads: int) -> dict[str, str]:
+    return {"VAE_TORCH_THREADS": str(threads), "VAE_LOG_LEVEL": "warning"}
+
+
+def run_server(
+    name: str, weights: Path, all_work: list[workloads.Workload], args: argparse.Namespace
+) -> tuple[dict[tuple[str, int], Load], str]:
+    server = servers.start(name, weights, args.threads, ours_env(args.threads))
+    try:
+        loads = measure_server(server, all_work, args)
+        if name != "ours":
+            return loads, ""
+        single = all_work[0]
+        return loads, soak(server, single, args.soak, loads[single.name, 32].rate)
+    finally:
+        server.stop()
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else "—"
+
+
+def figure(value: float | None) -> str:
+    return f"{value:,.0f}" if value else "—"
+
+
+def errors(row: Row) -> str:
+    return ", ".join(
+        str(row.loads[s].errors) if s in row.loads else "—" for s in ("ours", "litserve", "naive")
+    )
+
+
+def table(rows: list[Row]) -> str:
+    head = (
+        "| workload | conc. | ours req/s | ours img/s | p50 ms | p99 ms | in-process img/s "
+        "| ours / in-process | LitServe img/s | ours / LitServe | naive img/s | ours / naive |"
+    )
+    lines = [head, "|" + "---|" * 12]
+    for row in rows:
+        ours = row.loads["ours"]
+        mine, lit, naive = (row.images_per_s(s) for s in ("ours", "litserve", "naive"))
+        lines.append(
+            f"| {row.workload.name} | {row.concurrency} | {ours.rate:,.0f} | {figure(mine)} "
+            f"| {ours.p50_ms:.1f} | {ours.p99_ms:.1f} | {figure(row.in_process)} "
+            f"| {ratio(mine, row.in_process)} | {figure(lit)} | {ratio(mine, lit)} "
+            f"| {figure(naive)} | {ratio(mine, naive)} | {errors(row)} |"
+        )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+        if line.startswith("model name")
+    ]
+    return (
+        f"{os.cpu_count()} CPU cores ({names[0] if names else platform.processor()}), "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
+        f"torch {torch.__version__}, load generator: {'wrk' if have_wrk() else 'httpx'}"
+    )
+
+
+def collect(args: argparse.Namespace) -> tuple[list[Row], str, str]:
+    weights, described = servers.weights_or_random(args.weights)
+    all_work = workloads.build(load_weights(weights).model)
+    in_process = measure_in_process(all_work, args.seconds)
+    by_server, memory = {}, ""
+    for name in ("ours", *[p for p in args.peers.split(",") if p]):
+        by_server[name], note = run_server(name, weights, all_work, args)
+        memory = memory or note
+    rows = []
+    for work in all_work:
+        levels = SINGLE_CONCURRENCY if work.images == 1 else (args.batch_concurrency,)
+        for c in levels:
+            loads = {
+                s: by_server[s][work.name, c] for s in by_server if (work.name, c) in by_server[s]
+            }
+            rows.append(Row(work, c, in_process[work.name], loads))
+    return rows, described, memory
+
+
+def report(rows: list[Row], weights: str, memory: str, args: argparse.Namespace) -> str:
+    command = "python -m benchmarks.bench " + " ".join(sys.argv[1:])
+    return "\n\n".join(
+        [
+            f"Machine: {machine()}.",
+            f"Weights: {weights}. Torch threads per server: {args.threads}; in-process: "
+            f"{os.cpu_count()}. Each figure: {args.seconds:.0f} s of load after a 1 s warm-up.",
+            table(rows),
+            memory,
+            f"Command: `{command.strip()}` ({time.strftime('%Y-%m-%d')}).",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    rows, weights, memory = collect(args)
+    text = report(rows, weights, memory, args)
+    print(text)
+    if args.write:
+        args.write.write_text(f"# Benchmarks\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Load generators: wrk (with a Lua script for the request body) when installed, else an
+async httpx client. Both hold ``concurrency`` keep-alive connections busy for a while
+and report requests/s and latency percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+# wrk prints this line from the Lua done() hook; latencies are in microseconds.
+WRK_SCRIPT = """
+wrk.method = "{method}"
+wrk.headers["Content-Type"] = "{content_type}"
+local f = io.open("{body_path}", "rb")
+wrk.body = f:read("*all")
+f:close()
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %.1f %.1f %d\\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout))
+end
+"""
+
+
+@dataclass(frozen=True)
+class Request:
+    """One HTTP request, sent again and again."""
+
+    method: str
+    path: str
+    body: bytes = b""
+    content_type: str = "application/json"
+
+
+@dataclass(frozen=True)
+class Load:
+    """What one run measured."""
+
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @property
+    def rate(self) -> float:
+        """Successful requests per second: an error answers nothing."""
+        return (self.requests - self.errors) / self.seconds
+
+
+def have_wrk() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def drive(base_url: str, request: Request, concurrency: int, seconds: float) -> Load:
+    """Keep ``concurrency`` requests in flight for ``seconds``."""
+    if have_wrk():
+        return drive_wrk(base_url, request, concurrency, seconds)
+    return asyncio.run(drive_httpx(base_url, request, concurrency, seconds))
+
+
+def drive_wrk(base_url: str, request: Request, concurrency: int, seconds: float) -> Load:
+    with tempfile.TemporaryDirectory() as tmp:
+        body, script = Path(tmp, "body"), Path(tmp, "script.lua")
+        body.write_bytes(request.body)
+        script.write_text(
+            WRK_SCRIPT.format(
+                method=request.method, content_type=request.content_type, body_path=body
+            )
+        )
+        # One wrk thread: the server under test needs the machine's other cores.
+        command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s"]
+        command += ["--latency", "--timeout", "30s", "-s", str(script), base_url + request.path]
+        out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("RESULT "))
+    requests, micros, p50, p99, errors = line.split()[1:]
+    return Load(int(requests), int(micros) / 1e6, float(p50) / 1e3, float(p99) / 1e3, int(errors))
+
+
+async def drive_httpx(base_url: str, request: Request, concurrency: int, seconds: float) -> Load:
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    headers = {"content-type": request.content_type}
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+        started = time.perf_counter()
+        stop = started + seconds
+
+        async def user() -> None:
+            nonlocal errors
+            while (sent := time.perf_counter()) < stop:
+                response = await client.request(
+                    request.method, request.path, content=request.body or None, headers=headers
+                )
+                latencies.append(time.perf_counter() - sent)
+                errors += not response.is_success
+
+        await asyncio.gather(*(user() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    cuts = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return Load(len(latencies), elapsed, cuts[49] * 1e3, cuts[98] * 1e3, errors)

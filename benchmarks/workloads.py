@@ -1,0 +1,144 @@
+"""The benchmark's workloads: the HTTP request each server gets, and the same work done
+in-process (no HTTP): image decoding, the forward pass, and PNG encoding where the
+answer carries PNGs."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+import torch
+from PIL import Image
+
+from benchmarks.load import Request
+from model import VAE, VAEConfig
+from model.data import IDX_DIRS, DataError, load_idx_split
+from service.imaging import decode_images, encode_base64_pngs
+
+BATCH = 256
+SEED = 7
+NPY = "application/x-npy"
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    images: int  # per request
+    requests: dict[str, Request]  # server name -> its request; a peer without one skips it
+    in_process: Callable[[], object]
+
+
+def test_images(n: int, cfg: VAEConfig) -> np.ndarray:
+    """n Fashion-MNIST test images (uint8 N×28×28) for a 28×28 grey model, else noise of
+    the model's shape (N×H×W or N×H×W×3); noise only changes the pixels, not the work."""
+    if (cfg.image_size, cfg.channels) == (28, 1):
+        with contextlib.suppress(DataError, OSError):
+            images = load_idx_split(IDX_DIRS["fashion-mnist"], "test").images[:n]
+            return (images[:, 0].numpy() * 255).round().astype(np.uint8)
+    shape = (n, cfg.image_size, cfg.image_size) + ((3,) if cfg.channels == 3 else ())
+    return np.random.default_rng(SEED).integers(0, 256, shape, dtype=np.uint8)
+
+
+def png_base64(image: np.ndarray) -> str:
+    out = io.BytesIO()
+    Image.fromarray(image).save(out, format="PNG")
+    return base64.b64encode(out.getvalue()).decode()
+
+
+def npy_body(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array)
+    return out.getvalue()
+
+
+def everywhere(request: Request) -> dict[str, Request]:
+    return {"ours": request, "litserve": request, "naive": request}
+
+
+def build(model: VAE) -> list[Workload]:
+    cfg = model.cfg
+    images = test_images(BATCH, cfg)
+    pngs = [png_base64(image) for image in images]
+    latents = torch.randn((BATCH, cfg.latent_dim), generator=torch.Generator().manual_seed(SEED))
+    one_png = orjson.dumps({"images": pngs[:1]})
+    all_pngs = orjson.dumps({"images": pngs})
+    z_json = orjson.dumps({"z": latents.tolist()})
+    sample_path = f"/sample?n={BATCH}&seed={SEED}"
+
+    def decode_pngs(encoded: list[str]) -> torch.Tensor:
+        blobs = [base64.b64decode(text) for text in encoded]
+        return torch.from_numpy(decode_images(blobs, cfg.image_size, cfg.channels, 10**8))
+
+    def prior() -> torch.Tensor:
+        return torch.randn((BATCH, cfg.latent_dim), generator=torch.Generator().manual_seed(SEED))
+
+    def pngs_of(images: torch.Tensor) -> list[str]:
+        return encode_base64_pngs(images.numpy())
+
+    pixels = torch.from_numpy(images)
+    unit = pixels[:, None] if cfg.channels == 1 else pixels.permute(0, 3, 1, 2)
+    return [
+        Workload(
+            "encode 1 image, JSON",
+            1,
+            everywhere(Request("POST", "/encode", one_png)),
+            lambda: model.encode(decode_pngs(pngs[:1]))[0].tolist(),
+        ),
+        Workload(
+            f"encode {BATCH} images, JSON",
+            BATCH,
+            everywhere(Request("POST", "/encode", all_pngs)),
+            lambda: model.encode(decode_pngs(pngs))[0].tolist(),
+        ),
+        Workload(
+            f"encode {BATCH} images, npy",
+            BATCH,
+            {"ours": Request("POST", "/encode?format=npy", npy_body(images), NPY)},
+            lambda: model.encode(unit.float() / 255)[0].numpy(),
+        ),
+        Workload(
+            f"decode {BATCH} latents, JSON",
+            BATCH,
+            everywhere(Request("POST", "/decode", z_json)),
+            lambda: pngs_of(model.decode(latents)),
+        ),
+        Workload(
+            f"decode {BATCH} latents, npy",
+            BATCH,
+            {"ours": Request("POST", "/decode?format=npy", z_json)},
+            lambda: model.decode(latents).numpy(),
+        ),
+        Workload(
+            f"sample n={BATCH}, JSON",
+            BATCH,
+            {
+                "ours": Request("GET", sample_path),
+                "naive": Request("GET", sample_path),
+                "litserve": Request("POST", "/sample", orjson.dumps({"n": BATCH, "seed": SEED})),
+            },
+            lambda: pngs_of(model.decode(prior())),
+        ),
+        Workload(
+            f"sample n={BATCH}, npy",
+            BATCH,
+            {"ours": Request("GET", sample_path + "&format=npy")},
+            lambda: model.decode(prior()).numpy(),
+        ),
+    ]
+
+
+def images_per_second(workload: Workload, seconds: float) -> float:
+    """Run the in-process work back to back for about ``seconds``."""
+    with torch.inference_mode():
+        workload.in_process()  # warm-up
+        done, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            workload.in_process()
+            done += workload.images
+    return done / elapsed
