@@ -46,9 +46,9 @@ def model_lifespan(
         if loaded is None:
             loaded = await asyncio.to_thread(load_checkpoint, settings.weights, settings.device)
         runtime = ModelRuntime(loaded)
-        await runtime.start()
-        app.state.runtime = runtime
         try:
+            await runtime.start()
+            app.state.runtime = runtime
             yield
         finally:
             app.state.runtime = None

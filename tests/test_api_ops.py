@@ -6,6 +6,7 @@ import base64
 import hashlib
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -25,8 +26,9 @@ from model import VAE, VAEConfig, WeightsError, save_weights
 from model.data import IDX_DIRS, load_idx_split
 from model.pretrained import DEFAULT_WEIGHTS
 from model.weights import encode_metadata, read_safetensors
+from service.cli import main as serve_main
 from service.main import create_app
-from service.settings import Settings
+from service.settings import Settings, get_settings
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60
@@ -125,10 +127,14 @@ def test_lifespan_refuses_missing_weights(tmp_path: Path) -> None:
         pass
 
 
-def test_importing_the_app_does_not_load_weights() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "VAE_WEIGHTS": "/nonexistent.safetensors"}
-    code = "import service.main as m; assert m.app.state.runtime is None"
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=START_TIMEOUT_S)
+def test_building_the_app_does_not_load_weights(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What ``service.main`` does at import, with weights that would fail to load."""
+    monkeypatch.setenv("VAE_WEIGHTS", "/nonexistent.safetensors")
+    get_settings.cache_clear()
+    try:
+        assert create_app().state.runtime is None
+    finally:
+        get_settings.cache_clear()
 
 
 def write_mismatched(path: Path) -> Path:
@@ -142,19 +148,12 @@ def write_mismatched(path: Path) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("kind", "message"),
-    [
-        ("missing", "file not found"),
-        ("corrupt", "not a valid safetensors file"),
-        ("mismatched", "config expects"),
-    ],
+    ("kind", "message"), [("missing", "file not found"), ("corrupt", "corrupt")]
 )
 def test_bad_weights_stop_start_up_with_one_line(tmp_path: Path, kind: str, message: str) -> None:
     path = tmp_path / f"{kind}.safetensors"
     if kind == "corrupt":
         path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
-    elif kind == "mismatched":
-        write_mismatched(path)
     result = run_serve({"VAE_WEIGHTS": str(path), "VAE_PORT": str(free_port())})
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -163,12 +162,33 @@ def test_bad_weights_stop_start_up_with_one_line(tmp_path: Path, kind: str, mess
     assert message in lines[0]
 
 
+@pytest.fixture
+def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """vae-serve in-process must stop before listening; fail instead of serving."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("vae-serve got as far as starting the server")
+
+    monkeypatch.setattr("service.cli.uvicorn.run", refuse)
+
+
+@pytest.mark.usefixtures("no_server")
+def test_mismatched_weights_stop_start_up(tmp_path: Path) -> None:
+    path = write_mismatched(tmp_path / "mismatched.safetensors")
+    with pytest.raises(SystemExit) as exited:
+        serve_main(["--weights", str(path)])
+    assert re.fullmatch(
+        r"vae-serve: cannot start: \S+: tensor .* config expects .*", str(exited.value.code)
+    )
+
+
+@pytest.mark.usefixtures("no_server")
 def test_unavailable_device_stops_start_up(tiny_weights: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU, so cuda:0 is available")
-    result = run_serve({"VAE_WEIGHTS": str(tiny_weights)}, "--device", "cuda:0")
-    assert result.returncode == 1
-    assert result.stderr.strip() == (
+    with pytest.raises(SystemExit) as exited:
+        serve_main(["--weights", str(tiny_weights), "--device", "cuda:0"])
+    assert exited.value.code == (
         "vae-serve: cannot start: device 'cuda:0' requested, but this machine has 0 CUDA devices"
     )
 
