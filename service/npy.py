@@ -83,7 +83,8 @@ def _check_layout(
     if shape[0] < 1:
         raise NpyError("npy array holds no images")
     if shape[0] > max_images:
-        raise NpyError(f"npy array holds {shape[0]} images; the limit is {max_images}", 413)
+        # 422 like every other count over its limit in this API.
+        raise NpyError(f"npy array holds {shape[0]} images; the limit is {max_images}")
     if shape[1:3] != (image_size, image_size):
         raise NpyError(
             f"npy images must be {image_size}×{image_size} (the model's size; arrays are "

@@ -68,11 +68,11 @@ def test_unusable_arrays_are_refused_with_422(array: np.ndarray, message: str) -
     assert err.value.status_code == 422
 
 
-def test_too_many_images_is_413_before_the_data_is_read() -> None:
+def test_too_many_images_is_refused_before_the_data_is_read() -> None:
     header_only = npy(np.zeros((100, 28, 28), np.uint8))[:128]
     with pytest.raises(NpyError, match="100 images; the limit is 8") as err:
         parse_images(header_only, image_size=28, channels=1, max_images=8)
-    assert err.value.status_code == 413
+    assert err.value.status_code == 422
 
 
 def test_truncated_data_is_refused() -> None:
