@@ -11,7 +11,7 @@ from pathlib import Path
 
 from model.data import DataError, load_dataset
 from model.distributed import resolve_device
-from model.prior import COVARIANCE_TYPES, FittedPrior, attach_prior, fit_prior, posterior_means
+from model.prior import COVARIANCE_TYPES, FittedPrior, attach_prior, fit_to_images
 from model.weights import WeightsError, load_weights
 
 
@@ -40,8 +40,7 @@ def fit_file(args: argparse.Namespace) -> FittedPrior:
     cfg = ckpt.config
     train = load_dataset(args.data, args.data_dir, cfg.image_size, cfg.channels).train
     images = train.subset(args.limit_train).images
-    latents = posterior_means(ckpt.model, images, device=device)
-    prior = fit_prior(latents, args.components, args.covariance, args.seed)
+    prior = fit_to_images(ckpt.model, images, args.components, args.covariance, args.seed, device)
     attach_prior(args.weights, prior, args.out)
     return prior
 

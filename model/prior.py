@@ -196,6 +196,19 @@ def fit_prior(
     )
 
 
+def fit_to_images(
+    model: VAE,
+    images: Tensor,
+    components: int = 10,
+    covariance_type: str = "full",
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> FittedPrior:
+    """Encode ``images`` (the training set) and fit the mixture to their posterior means."""
+    latents = posterior_means(model, images, device=device)
+    return fit_prior(latents, components, covariance_type, seed)
+
+
 def _full_covariances(gm: GaussianMixture, k: int, d: int) -> np.ndarray:
     """K x D x D covariances from any of scikit-learn's four parameterisations."""
     cov = np.asarray(gm.covariances_)
