@@ -2,7 +2,7 @@
 as Inception features do for FID on natural images: a domain classifier sees what matters
 on 28 x 28 clothing, and ships with the package in a few hundred KB.
 
-Train (a couple of minutes on two CPU cores):
+Train (about five minutes on two busy CPU cores; 88.8% test accuracy):
     python -m model.classifier train --out model/pretrained/fmnist-classifier.safetensors
 """
 
