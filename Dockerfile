@@ -19,8 +19,8 @@ RUN python -c "import tomllib, pathlib; \
 deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
 pathlib.Path('requirements.txt').write_text('\n'.join(deps) + '\n')"
 
-# --- builder: a virtual environment with the dependencies, then the package itself.
-FROM python:3.11-slim AS builder
+# --- dependencies: a virtual environment with everything the package needs.
+FROM python:3.11-slim AS dependencies
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
@@ -35,18 +35,18 @@ RUN pip install ${TORCH_INDEX:+--extra-index-url=$TORCH_INDEX} "$TORCH_SPEC" \
 RUN torch_dir=$(python -c "import importlib.util as u; print(u.find_spec('torch').submodule_search_locations[0])") \
     && rm -rf "$torch_dir/test" "$torch_dir/include" \
     && find "$torch_dir/bin" -mindepth 1 -maxdepth 1 ! -name torch_shm_manager -exec rm -rf {} +
+
+# --- package: the project as a wheel (code, default weights, console scripts).
+FROM python:3.11-slim AS package
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY model ./model
 COPY service ./service
-# The service starts from the bundled weights; an image without them would fail
-# its readiness check at run time, so fail the build instead.
-RUN pip install --no-deps . \
-    && python -c "from model.pretrained import DEFAULT_WEIGHTS as w; \
-assert w.is_file(), f'{w} is missing: train or fetch the default weights first'"
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
-# --- runtime: the base image plus the virtual environment; no compilers, no pip cache,
-# no sources, tests or benchmarks.
+# --- runtime: the base image, the dependencies, the package; no compilers, no pip
+# cache, no sources, tests or benchmarks. The package goes in its own small layer, so
+# a code change neither re-copies the dependencies nor re-uploads them.
 FROM python:3.11-slim
 LABEL org.opencontainers.image.title="vae-service" \
       org.opencontainers.image.description="REST inference service for variational autoencoders"
@@ -55,6 +55,8 @@ LABEL org.opencontainers.image.title="vae-service" \
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
     HOME=/tmp \
     MPLCONFIGDIR=/tmp/matplotlib
 # /weights is where mounted or trained weights go (VAE_WEIGHTS=/weights/...); owned by
@@ -62,7 +64,14 @@ ENV PATH=/opt/venv/bin:$PATH \
 RUN useradd --user-group --uid 10001 --no-create-home --home-dir /tmp \
         --shell /usr/sbin/nologin vae \
     && install -d -o vae -g vae /weights
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=dependencies /opt/venv /opt/venv
+COPY --from=package /wheels /tmp/wheels
+# The service starts from the bundled weights; an image without them would fail its
+# readiness check at run time, so fail the build instead.
+RUN pip install --no-deps --no-index /tmp/wheels/*.whl \
+    && rm -rf /tmp/wheels \
+    && python -c "from model.pretrained import DEFAULT_WEIGHTS as w; \
+assert w.is_file(), f'{w} is missing: train or fetch the default weights first'"
 USER vae
 WORKDIR /tmp
 EXPOSE 8000
