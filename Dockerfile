@@ -77,4 +77,8 @@ WORKDIR /tmp
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4)"]
-CMD ["uvicorn", "service.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# vae-serve checks the weights, then runs uvicorn in this process (PID 1, so it gets
+# SIGTERM): unusable weights stop the container with one line in its log, not a
+# traceback. The flags pin the address that EXPOSE and HEALTHCHECK assume; every other
+# setting comes from VAE_* variables.
+CMD ["vae-serve", "--host", "0.0.0.0", "--port", "8000"]

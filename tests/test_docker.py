@@ -146,7 +146,7 @@ def test_image_is_unprivileged_and_checks_readiness(stack: Stack) -> None:
         check=True,
     ).stdout
     assert '"User":"vae"' in inspect
-    assert '"Cmd":["uvicorn","service.main:app"' in inspect
+    assert '"Cmd":["vae-serve","--host","0.0.0.0","--port","8000"]' in inspect
     assert "/readyz" in inspect
 
 
