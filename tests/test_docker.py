@@ -197,7 +197,10 @@ def test_replicas_scale_out_behind_the_load_balancer(stack: Stack) -> None:
         VAE_HOST_PORT=f"127.0.0.1:{first}-{first + 1}",
         VAE_LB_PORT=f"127.0.0.1:{lb_port}",
     )  # fmt: skip
-    for port in (first, first + 1):
+    for index in ("1", "2"):
+        address = stack.compose("port", "--index", index, "api", "8000").strip()
+        port = int(address.rsplit(":", 1)[1])
+        assert first <= port <= first + 1
         with stack.client(port) as replica:
             assert replica.get("/readyz").status_code == 200
     with stack.client(lb_port) as lb:
