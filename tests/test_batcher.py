@@ -129,7 +129,7 @@ def test_rows_of_the_wrong_shape_are_refused_before_queueing(make_batcher: MakeB
             batcher.submit("decode", torch.zeros(3, 5))
         with pytest.raises(InvalidRows, match="no rows"):
             batcher.submit("decode", torch.zeros(0, 4))
-        with pytest.raises(InvalidRows, match="floating-point"):
+        with pytest.raises(InvalidRows, match="float32"):
             batcher.submit("decode", torch.zeros(1, 4, dtype=torch.int64))
 
     asyncio.run(main())
