@@ -52,7 +52,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
     parser.add_argument("--soak", type=int, default=100_000, help="requests in the memory soak")
     parser.add_argument("--batch-concurrency", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in every server")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads in every server"
+    )
     parser.add_argument("--peers", default=",".join(PEERS), help="peers to compare, or ''")
     parser.add_argument("--write", type=Path, help="also write the report to this Markdown file")
     args = parser.parse_args(argv)
@@ -143,9 +145,10 @@ def errors(row: Row) -> str:
 def table(rows: list[Row]) -> str:
     head = (
         "| workload | conc. | ours req/s | ours img/s | p50 ms | p99 ms | in-process img/s "
-        "| ours / in-process | LitServe img/s | ours / LitServe | naive img/s | ours / naive |"
+        "| ours / in-process | LitServe img/s | ours / LitServe | naive img/s | ours / naive "
+        "| errors: ours, LitServe, naive |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
     for row in rows:
         ours = row.loads["ours"]
         mine, lit, naive = (row.images_per_s(s) for s in ("ours", "litserve", "naive"))
