@@ -1,4 +1,8 @@
-"""Request dependencies: the loaded runtime and the settings, from ``app.state``."""
+"""Request dependencies: the loaded runtime and the settings, from ``app.state``.
+
+They are ``async def`` although they never await: FastAPI runs a plain ``def``
+dependency on its thread pool, a thread hop per dependency per request.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ from service.runtime import ModelRuntime
 from service.settings import Settings
 
 
-def get_runtime(request: Request) -> ModelRuntime:
+async def get_runtime(request: Request) -> ModelRuntime:
     """The model, once loaded and warmed up; 503 before that."""
     runtime: ModelRuntime | None = getattr(request.app.state, "runtime", None)
     if runtime is None or not runtime.ready:
@@ -19,7 +23,7 @@ def get_runtime(request: Request) -> ModelRuntime:
     return runtime
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -29,7 +33,7 @@ def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """415 unless the body is declared as JSON."""
     if media_type(request) != "application/json":
         raise UnsupportedMediaType(

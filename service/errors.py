@@ -8,7 +8,8 @@ Status policy (also in the OpenAPI page):
 * 422 - a well-formed request whose values are wrong: latents of the wrong length,
   NaN, infinite or out of range, an unknown ``format``, bad base64, and counts over
   a configured limit (images or latents per request, pixels per image, ``n``, ``steps``);
-* 503 - the model is not loaded yet.
+* 503 - the model is not loaded yet, its queue is full (``VAE_MAX_QUEUE_IMAGES``), or
+  the server is shutting down; each with ``Retry-After``.
 
 Nothing reaches a client as a traceback: an unexpected exception is logged and answered
 with a generic 500.
@@ -23,6 +24,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+
+from service.batcher import BatcherUnavailable
 
 logger = logging.getLogger("service")
 
@@ -69,6 +72,13 @@ async def validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=422)
 
 
+async def model_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """A full batching queue, or a server shutting down: come back later."""
+    assert isinstance(exc, BatcherUnavailable)
+    headers = {"Retry-After": str(exc.retry_after_s)}
+    return JSONResponse({"detail": str(exc)}, status_code=503, headers=headers)
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "internal server error"}, status_code=500)
@@ -77,4 +87,5 @@ async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     """HTTPException (and so ServiceError) keeps FastAPI's ``{"detail": ...}`` handler."""
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(BatcherUnavailable, model_unavailable)
     app.add_exception_handler(Exception, unexpected_error)

@@ -49,12 +49,13 @@ def decode_image(
     img = _open_checked(blob, max_pixels, index)
     try:
         img.draft("L" if channels == 1 else "RGB", (size, size))  # JPEG: decode at a lower scale
-        img = _to_model_mode(img, channels).resize(
-            (size, size), Image.Resampling.LANCZOS, reducing_gap=3.0
-        )
+        img = _to_model_mode(img, channels)
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+        pixels = np.asarray(img)
     except Exception as exc:  # Pillow's decoders raise a zoo of types on bad data
         raise BadImage(f"images[{index}] could not be decoded: {exc}") from None
-    array = np.asarray(img, dtype=np.float32) / 255.0
+    array = pixels.astype(np.float32) * np.float32(1 / 255)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 
@@ -86,7 +87,8 @@ def _to_model_mode(img: Image.Image, channels: int) -> Image.Image:
     elif img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    return img.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    return img if img.mode == mode else img.convert(mode)
 
 
 def _high_depth_to_grey(img: Image.Image) -> Image.Image:

@@ -24,10 +24,20 @@ Base64Image = Annotated[str, Field(description="An image file (PNG, JPEG, ...), 
 
 
 class ImageFormat(StrEnum):
-    """How images come back: base64 PNGs inside JSON, or one PNG (a grid for several)."""
+    """How images come back: base64 PNGs inside JSON, one PNG (a grid for several), or
+    a float32 N×H×W×C .npy array."""
 
     json = "json"
     png = "png"
+    npy = "npy"
+
+
+class EncodeFormat(StrEnum):
+    """How /encode answers: JSON, or one float32 .npy array N×2×D (mean, logvar), N×3×D
+    with the draw z under ?sample=true."""
+
+    json = "json"
+    npy = "npy"
 
 
 class EncodeRequest(BaseModel):
@@ -129,7 +139,10 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"image/png": {}}, "description": "JSON, or with ?format=png one PNG"}
+    200: {
+        "content": {"image/png": {}, "application/x-npy": {}},
+        "description": "JSON; with ?format=png one PNG; with ?format=npy a float32 N×H×W×C array",
+    }
 }
 MULTIPART_IMAGES = {
     "type": "object",
@@ -138,18 +151,24 @@ MULTIPART_IMAGES = {
 }
 
 
-def image_body(json_model: type[BaseModel], what: str) -> dict[str, Any]:
-    """openapi_extra for endpoints that read images from multipart or JSON bodies."""
-    return {
-        "requestBody": {
-            "required": True,
-            "description": what,
-            "content": {
-                "multipart/form-data": {"schema": MULTIPART_IMAGES},
-                "application/json": {"schema": json_model.model_json_schema()},
-            },
-        }
+NPY_BODY = {
+    "type": "string",
+    "format": "binary",
+    "description": "A .npy array: uint8 (0..255) or float32 (0..1), N×H×W or N×H×W×C, "
+    "at the model's image size",
+}
+
+
+def image_body(json_model: type[BaseModel], what: str, npy: bool = False) -> dict[str, Any]:
+    """openapi_extra for endpoints that read images from multipart or JSON bodies (and,
+    with ``npy``, from an application/x-npy array)."""
+    content = {
+        "multipart/form-data": {"schema": MULTIPART_IMAGES},
+        "application/json": {"schema": json_model.model_json_schema()},
     }
+    if npy:
+        content["application/x-npy"] = {"schema": NPY_BODY}
+    return {"requestBody": {"required": True, "description": what, "content": content}}
 
 
 API_DESCRIPTION = """
@@ -162,6 +181,12 @@ model's channels (transparent pixels become black, 16-bit greys are scaled) and 
 to its square image size, aspect ratio not kept.
 
 **Images out**: base64 PNGs in JSON, or with `?format=png` one PNG (a grid for several).
+
+**Binary fast path**: /encode and /reconstruct also take an `application/x-npy` body
+(uint8 0..255 or float32 0..1, N×H×W or N×H×W×C, at the model's size: not resized),
+and `?format=npy` answers a float32 `.npy` array: images N×H×W×C from /decode,
+/sample, /reconstruct and /interpolate; N×2×D (mean, logvar) from /encode, N×3×D with
+the draw z under `?sample=true` (its seed in `X-Seed`).
 
 **Errors** are JSON `{"detail": ...}`: 400 empty or undecodable image; 413 body over
 `VAE_MAX_BODY_BYTES`; 415 wrong content type; 422 invalid values (latent length,

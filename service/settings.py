@@ -59,6 +59,40 @@ class Settings(BaseSettings):
     max_interpolation_steps: int = Field(
         default=256, ge=2, description="Largest steps for /interpolate; more get 422."
     )
+    max_batch_size: int = Field(
+        default=64,
+        ge=1,
+        description=(
+            "Most images (or latents) stacked into one forward pass; a request with more "
+            "is run in chunks of this size."
+        ),
+    )
+    max_batch_delay_ms: float = Field(
+        default=2.0,
+        ge=0.0,
+        le=1000.0,
+        description=(
+            "Longest a request waits for others to join its batch, from the first queued "
+            "request; 0 runs each batch as soon as the model is free."
+        ),
+    )
+    max_queue_images: int = Field(
+        default=4096,
+        ge=1,
+        description="Most images (or latents) waiting for the model; more get 503 + Retry-After.",
+    )
+    torch_threads: int = Field(
+        default=0,
+        ge=0,
+        description="Torch intra-op threads for the model; 0: one per core.",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        default="fp32",
+        description=(
+            "Forward-pass precision on CUDA (the CPU always uses fp32); a half-precision "
+            "batch that gives NaN or inf is run again in fp32."
+        ),
+    )
 
 
 def env_name(field: str) -> str:

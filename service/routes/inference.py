@@ -10,6 +10,8 @@ import secrets
 from collections.abc import Callable
 from typing import Annotated
 
+import orjson
+import torch
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 from torch import Tensor
@@ -17,6 +19,8 @@ from torch import Tensor
 from service.deps import AppSettings, Runtime, media_type, require_json
 from service.errors import Unprocessable
 from service.imaging import encode_base64_pngs, encode_grid_png
+from service.npy import MEDIA_TYPE as NPY_MEDIA_TYPE
+from service.npy import images_to_npy, to_npy
 from service.routes.bodies import (
     IMAGE_MEDIA_TYPES,
     Images,
@@ -33,6 +37,7 @@ from service.schemas import (
     PNG_RESPONSE,
     DecodeRequest,
     DecodeResponse,
+    EncodeFormat,
     EncodeRequest,
     EncodeResponse,
     ImageFormat,
@@ -44,6 +49,8 @@ from service.schemas import (
 )
 
 router = APIRouter(tags=["model"])
+JSON = "application/json"
+IMAGES_OR_ARRAY = "Images as multipart parts named 'images', JSON, or one .npy array"
 
 IMAGE_ERRORS = error_responses(400, 413, 415, 422, 503)
 Seed = Annotated[
@@ -71,7 +78,10 @@ async def reply_with_images(
     headers: dict[str, str] | None = None,
     columns: int | None = None,
 ) -> BaseModel | Response:
-    """PNG encoding runs off the event loop; ``build`` wraps the base64 PNGs in a model."""
+    """PNG encoding runs off the event loop; ``build`` wraps the base64 PNGs in a model.
+    A float32 .npy array needs no encoding: it is the tensor's bytes."""
+    if fmt is ImageFormat.npy:
+        return Response(images_to_npy(images), media_type=NPY_MEDIA_TYPE, headers=headers)
     array = images.numpy()
     if fmt is ImageFormat.png:
         png = await asyncio.to_thread(encode_grid_png, array, columns)
@@ -84,26 +94,34 @@ async def reply_with_images(
     response_model=EncodeResponse,
     response_model_exclude_none=True,
     responses=IMAGE_ERRORS,
-    openapi_extra=image_body(EncodeRequest, "Images as multipart parts named 'images', or JSON"),
+    openapi_extra=image_body(EncodeRequest, IMAGES_OR_ARRAY, npy=True),
 )
 async def encode(
     images: Images,
     runtime: Runtime,
     sample: Annotated[bool, Query(description="Also return one draw z from each q(z|x)")] = False,
     seed: Seed = None,
-) -> EncodeResponse:
-    """Mean and log-variance of q(z|x) for each image, in order. Images are converted to
-    the model's channels and resized to its image size."""
+    fmt: Annotated[
+        EncodeFormat,
+        Query(alias="format", description="json, or npy: float32 N×2×D (N×3×D with z)"),
+    ] = EncodeFormat.json,
+) -> Response:
+    """Mean and log-variance of q(z|x) for each image, in order. Image files are converted
+    to the model's channels and resized to its image size; .npy arrays must have it."""
     posterior = await runtime.encode(images)
-    reply = EncodeResponse(
-        latent_dim=runtime.config.latent_dim,
-        mean=posterior.mean.tolist(),
-        logvar=posterior.logvar.tolist(),
-    )
+    rows = {"mean": posterior.mean, "logvar": posterior.logvar}
+    headers = {}
     if sample:
-        reply.seed = choose_seed(seed)
-        reply.z = draw_posterior(posterior, reply.seed).tolist()
-    return reply
+        chosen = choose_seed(seed)
+        rows["z"] = draw_posterior(posterior, chosen)
+        headers["X-Seed"] = str(chosen)
+    if fmt is EncodeFormat.npy:
+        return Response(to_npy(torch.stack(list(rows.values()), 1)), 200, headers, NPY_MEDIA_TYPE)
+    # orjson writes the float32 arrays directly: no Python lists, no model validation.
+    body = {"latent_dim": runtime.config.latent_dim, **{k: v.numpy() for k, v in rows.items()}}
+    if sample:
+        body["seed"] = chosen
+    return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), 200, headers, JSON)
 
 
 @router.post(
@@ -125,7 +143,7 @@ async def decode(
     "/reconstruct",
     response_model=DecodeResponse,
     responses={**PNG_RESPONSE, **IMAGE_ERRORS},
-    openapi_extra=image_body(EncodeRequest, "Images as multipart parts named 'images', or JSON"),
+    openapi_extra=image_body(EncodeRequest, IMAGES_OR_ARRAY, npy=True),
 )
 async def reconstruct(
     images: Images, runtime: Runtime, fmt: Format = ImageFormat.json
