@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from model import VAE, Checkpoint, VAEConfig, load_weights
+from model.distributed import resolve_device
 from service.batcher import Batcher, Operation, Outputs
 
 logger = logging.getLogger("service")
@@ -38,23 +39,13 @@ class Posterior:
     logvar: Tensor
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` -> the first GPU when there is one, else the CPU."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if (device.index or 0) >= count:
-            raise DeviceError(
-                f"device {spec!r} requested, but this machine has {count} CUDA devices"
-            )
-    return device
-
-
 def load_checkpoint(weights: Path, device: str) -> Checkpoint:
     """Read and check the weights onto the chosen device; WeightsError or DeviceError if not."""
-    return load_weights(weights, resolve_device(device))
+    try:
+        target = resolve_device(device)
+    except ValueError as exc:
+        raise DeviceError(str(exc)) from None
+    return load_weights(weights, target)
 
 
 def seeded(seed: int) -> torch.Generator:

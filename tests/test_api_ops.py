@@ -189,7 +189,7 @@ def test_unavailable_device_stops_start_up(tiny_weights: Path) -> None:
     with pytest.raises(SystemExit) as exited:
         serve_main(["--weights", str(tiny_weights), "--device", "cuda:0"])
     assert exited.value.code == (
-        "vae-serve: cannot start: device 'cuda:0' requested, but this machine has 0 CUDA devices"
+        "vae-serve: cannot start: device 'cuda:0' requested; this machine has 0 CUDA devices"
     )
 
 
