@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import struct
 import warnings
 
 import numpy as np
@@ -26,11 +27,20 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _FULL_SCALE = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0}
 _HIGH_DEPTH = {"I", "F", *_FULL_SCALE}
 GRID_PAD = 2
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def limit_pillow_pixels(max_pixels: int) -> None:
     """Pillow's own bomb guard (an error above twice this) backs up our header check."""
     Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def png_pixels(blob: bytes) -> int | None:
+    """Width x height from a PNG's header, without Pillow; None if not a PNG."""
+    if len(blob) < 24 or not blob.startswith(PNG_SIGNATURE) or blob[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", blob[16:24])
+    return int(width) * int(height)
 
 
 def decode_images(blobs: list[bytes], size: int, channels: int, max_pixels: int) -> np.ndarray:

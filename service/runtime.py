@@ -75,6 +75,20 @@ def torch_threads(requested: int) -> int:
     return requested or len(os.sched_getaffinity(0))
 
 
+def run_guarded(
+    fn: Callable[[Tensor], Outputs], batch: Tensor, half: torch.dtype | None
+) -> Outputs:
+    """``fn(batch)`` as CPU float32; under autocast to ``half`` when given, and again in
+    fp32 when that gives NaN or inf, so half precision never reaches a client as NaN."""
+    if half is not None:
+        with torch.autocast(batch.device.type, dtype=half):
+            outputs = fn(batch)
+        if all(bool(torch.isfinite(o).all()) for o in outputs):
+            return tuple(o.float().cpu().contiguous() for o in outputs)
+        logger.warning("half precision gave NaN or inf; this batch ran again in fp32")
+    return tuple(o.float().cpu().contiguous() for o in fn(batch))
+
+
 @dataclass(frozen=True)
 class Batching:
     """How requests are stacked into forward passes (the VAE_MAX_BATCH_* settings)."""
@@ -133,13 +147,7 @@ class ModelRuntime:
         """On the batcher's thread: to the device, through ``fn``, back as CPU float32."""
         if self.device.type == "cuda":  # pinned pages let the copy run asynchronously
             batch = batch.pin_memory().to(self.device, non_blocking=True)
-        if self.half is not None:
-            with torch.autocast("cuda", dtype=self.half):
-                outputs = fn(batch)
-            if all(bool(torch.isfinite(o).all()) for o in outputs):
-                return tuple(o.float().cpu().contiguous() for o in outputs)
-            logger.warning("half precision gave NaN or inf; this batch ran again in fp32")
-        return tuple(o.float().cpu().contiguous() for o in fn(batch))
+        return run_guarded(fn, batch, self.half)
 
     def _encode_batch(self, images: Tensor) -> Outputs:
         return self._forward(self.model.encode, images)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -31,9 +32,11 @@ class Recorder:
         self.release = threading.Event()
         self.release.set()
         self.started = threading.Event()
+        self.inference_mode: list[bool] = []
 
     def __call__(self, batch: Tensor) -> Tensor | Outputs:
         self.started.set()
+        self.inference_mode.append(torch.is_inference_mode_enabled())
         self.release.wait(timeout=10)
         if torch.isnan(batch).any():
             raise RuntimeError("NaN in batch")
@@ -219,3 +222,32 @@ def test_close_answers_every_queued_request(make_batcher: MakeBatcher, decode: R
 
     answers = asyncio.run(main())
     assert [a[0].shape[0] for a in answers] == [1 + i % 3 for i in range(9)]
+
+
+def test_batches_run_in_inference_mode(make_batcher: MakeBatcher, decode: Recorder) -> None:
+    batcher = make_batcher(max_delay_s=0)
+
+    async def main() -> Outputs:
+        return await batcher.submit("decode", torch.zeros(2, 4))
+
+    (image,) = asyncio.run(main())
+    assert decode.inference_mode == [True] and image.is_inference()
+
+
+def test_wait_starts_at_the_first_queued_request(
+    make_batcher: MakeBatcher, decode: Recorder
+) -> None:
+    # Were the timer restarted by each arrival, the batch would run 0.6 s after the first.
+    batcher = make_batcher(max_batch_size=64, max_delay_s=0.4)
+
+    async def main() -> float:
+        started = time.monotonic()
+        first = batcher.submit("decode", torch.zeros(1, 4))
+        await asyncio.sleep(0.2)
+        second = batcher.submit("decode", torch.ones(2, 4))
+        await asyncio.gather(first, second)
+        return time.monotonic() - started
+
+    waited = asyncio.run(main())
+    assert 0.39 <= waited < 0.55, waited
+    assert [len(b) for b in decode.batches] == [3], "both requests belong in one batch"
