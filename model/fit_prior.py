@@ -9,9 +9,13 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+from torch import Tensor
+
 from model.data import DataError, load_dataset
 from model.distributed import resolve_device
 from model.prior import COVARIANCE_TYPES, FittedPrior, attach_prior, fit_to_images
+from model.vae import VAE
 from model.weights import WeightsError, load_weights
 
 
@@ -45,6 +49,30 @@ def fit_file(args: argparse.Namespace) -> FittedPrior:
     return prior
 
 
+def fit_summary(prior: FittedPrior) -> str:
+    return (
+        f"fitted a {prior.components}-component {prior.covariance_type}-covariance prior "
+        f"to {prior.n_fit} posterior means: mean log-likelihood {prior.train_loglik:.3f} nats"
+    )
+
+
+def prior_after_training(
+    model: VAE,
+    train_images: Tensor,
+    components: int,
+    covariance: str,
+    seed: int,
+    device: torch.device,
+) -> FittedPrior | None:
+    """What ``vae-train --prior-components N`` stores with fresh weights: the fit this command
+    makes, or None for N = 0."""
+    if components == 0:
+        return None
+    prior = fit_to_images(model, train_images, components, covariance, seed, device)
+    print(fit_summary(prior), flush=True)
+    return prior
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -63,11 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
-        print(
-            f"fitted a {prior.components}-component {prior.covariance_type}-covariance prior "
-            f"to {prior.n_fit} posterior means: mean log-likelihood {prior.train_loglik:.3f} "
-            f"nats; wrote {summary['out']} in {summary['seconds']}s"
-        )
+        print(f"{fit_summary(prior)}; wrote {summary['out']} in {summary['seconds']}s")
     return 0
 
 

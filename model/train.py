@@ -24,8 +24,10 @@ from model import distributed as D
 from model.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from model.config import LIKELIHOODS, VAEConfig
 from model.data import DataError, Dataset, load_dataset
+from model.fit_prior import prior_after_training
 from model.loss import elbo_terms, kl_weight
 from model.metrics import evaluate_elbo
+from model.prior import COVARIANCE_TYPES, FittedPrior
 from model.vae import VAE
 from model.weights import WeightsError, save_weights
 
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, default=Path("runs/vae.safetensors"))
     p.add_argument("--resume", action="store_true", help="continue from OUT's .ckpt.safetensors")
+    p.add_argument("--prior-components", type=int, default=10, help="fitted prior; 0: none")
+    p.add_argument("--prior-covariance", default="full", choices=COVARIANCE_TYPES)
     p.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
     return p
 
@@ -65,8 +69,8 @@ def positive_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     for name in ("epochs", "batch_size", "latent_dim", "hidden_dim", "image_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.lr <= 0 or args.beta < 0 or args.warmup_epochs < 0:
-        parser.error("--lr must be positive; --beta and --warmup-epochs non-negative")
+    if args.lr <= 0 or args.beta < 0 or args.warmup_epochs < 0 or args.prior_components < 0:
+        parser.error("--lr must be positive; --beta, --warmup-epochs, --prior-components >= 0")
     try:
         args.widths = tuple(int(w) for w in args.widths.split(","))
     except ValueError:
@@ -233,6 +237,8 @@ def run(args: argparse.Namespace) -> Path:
         data = Dataset(
             data.name, data.train.subset(args.limit_train), data.test.subset(args.limit_test)
         )
+        if args.prior_components > len(data.train):  # refused now, not after training
+            raise ValueError(f"--prior-components exceeds the {len(data.train)} training images")
         cfg = VAEConfig(
             image_size=args.image_size,
             channels=args.channels,
@@ -248,7 +254,9 @@ def run(args: argparse.Namespace) -> Path:
         identical = D.replicas_identical(model, ctx)
         if ctx.is_main:
             meta = training_metadata(args, data, history, ctx, identical)
-            finish(args.out, model, meta, history, data.test.images, device)
+            spec = args.prior_components, args.prior_covariance, args.seed
+            prior = prior_after_training(model, data.train.images, *spec, device)
+            finish(args.out, model, meta, history, data.test.images, device, prior)
         if not identical:
             raise RuntimeError("DDP replicas diverged: weights differ between ranks")
         return Path(args.out)
@@ -263,12 +271,14 @@ def finish(
     history: list[dict[str, Any]],
     test_images: Tensor,
     device: torch.device,
+    prior: FittedPrior | None = None,
 ) -> None:
-    """Write the final weights, then the report beside them (OUT_STEM.report/)."""
+    """Write the final weights (and prior), then the report beside them (OUT_STEM.report/)."""
     from model.report import write_report
 
     model.eval()
-    save_weights(out, model, metadata)
+    fitted = {"prior": prior.describe()} if prior else {}
+    save_weights(out, model, metadata | fitted, prior.tensors() if prior else None)
     report_dir = out.with_name(out.stem + ".report")
     write_report(report_dir, model, history, test_images, device)
     print(f"wrote {out} and {report_dir}/", flush=True)

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from model import VAE, WeightsError, load_weights, save_weights
+from model.data import load_dataset
 from model.fit_prior import main as fit_prior_main
 from model.prior import (
     COVARIANCE_TYPES,
@@ -22,6 +23,7 @@ from model.prior import (
     posterior_means,
     sample_latents,
 )
+from model.train import main as train_main
 
 TRUE_MEANS = torch.tensor([[-6.0, 0.0], [0.0, 6.0], [6.0, -3.0]])
 
@@ -203,3 +205,34 @@ def test_cli_help_and_bad_arguments(
     assert "\n" not in err
     assert fit_prior_main([str(tiny_weights), "--data", str(tmp_path / "nowhere")]) == 2
     assert "not a known data set" in capsys.readouterr().err
+
+
+TINY_TRAIN = ["--latent-dim", "4", "--widths", "4,8", "--hidden-dim", "16", "--epochs", "1"]
+
+
+def test_vae_train_stores_a_fitted_prior(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = image_folder(tmp_path / "images", n=16)
+    out = tmp_path / "trained.safetensors"
+    argv = [*TINY_TRAIN, "--data", str(folder), "--batch-size", "8", "--no-progress"]
+    options = ["--prior-components", "3", "--prior-covariance", "diag"]
+    assert train_main([*argv, *options, "--out", str(out)]) == 0
+    prior = FittedPrior.from_checkpoint(load_weights(out))
+    assert prior is not None and prior.components == 3 and prior.covariance_type == "diag"
+    train_size = len(load_dataset(str(folder)).train)  # the folder's training split
+    assert prior.n_fit == train_size and "3-component diag-covariance" in capsys.readouterr().out
+    bare = tmp_path / "bare.safetensors"
+    assert train_main([*argv, "--prior-components", "0", "--out", str(bare)]) == 0
+    assert FittedPrior.from_checkpoint(load_weights(bare)) is None
+
+
+def test_vae_train_refuses_more_components_than_images_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = image_folder(tmp_path / "images", n=5)
+    out = tmp_path / "never.safetensors"
+    assert train_main([*TINY_TRAIN, "--data", str(folder), "--out", str(out)]) == 2
+    train_size = len(load_dataset(str(folder)).train)
+    assert f"--prior-components exceeds the {train_size} training images" in capsys.readouterr().err
+    assert not out.exists()
