@@ -10,7 +10,9 @@ forward pass on ONE dedicated worker thread, so the event loop never blocks on t
 - the queue is bounded in rows; ``submit`` raises ``QueueFull`` rather than grow it;
 - shapes are checked per request before stacking, and a batch whose forward fails is
   retried one request at a time, so only the bad request fails;
-- cancelled requests (the client went away) are dropped before they are run;
+- a forward pass that runs out of GPU memory is retried in halves, down to one row,
+  whose OOM is ``ModelOutOfMemory`` (503); the service keeps running;
+- cancelled requests (the client went away, or timed out) are dropped before they are run;
 - ``close()`` stops new work and answers everything already queued.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections import deque
@@ -27,9 +30,12 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+logger = logging.getLogger("service")
 Outputs = tuple[Tensor, ...]
 # Runs on the worker thread on a stacked batch; every output has one row per input row.
 BatchFn = Callable[[Tensor], Tensor | Outputs]
+# Told (operation, rows) after each forward pass, on the worker thread: the metrics hook.
+BatchHook = Callable[[str, int], None]
 
 
 class BatcherUnavailable(Exception):
@@ -44,6 +50,10 @@ class QueueFull(BatcherUnavailable):
 
 class BatcherClosed(BatcherUnavailable):
     """The batcher is shutting down."""
+
+
+class ModelOutOfMemory(BatcherUnavailable):
+    """Even one row does not fit in the device's memory now."""
 
 
 class InvalidRows(ValueError):
@@ -123,6 +133,7 @@ class Batcher:
         # Counters for metrics and tests: forward passes run, and rows they carried.
         self.batches_run = 0
         self.rows_run = 0
+        self.on_batch: BatchHook | None = None
         self._worker = threading.Thread(target=self._run, name="vae-batcher", daemon=True)
         self._worker.start()
 
@@ -221,14 +232,17 @@ class Batcher:
         try:
             outputs = _forward(fn, [c.rows for c in chunks])
         except Exception as exc:
-            if len(chunks) == 1:
+            if len(chunks) == 1 or isinstance(exc, ModelOutOfMemory):
                 self._deliver([(chunks[0], exc)])
             else:  # find the culprit: each request alone, so only it fails
                 for chunk in chunks:
                     self._execute(op, [chunk])
             return
+        rows = sum(len(c.rows) for c in chunks)
         self.batches_run += 1
-        self.rows_run += sum(len(c.rows) for c in chunks)
+        self.rows_run += rows
+        if self.on_batch is not None:
+            self.on_batch(op, rows)
         self._deliver(list(zip(chunks, _slice(outputs, chunks), strict=True)))
 
     def _deliver(self, answers: list[tuple[_Chunk, Outputs | BaseException]]) -> None:
@@ -244,13 +258,26 @@ class Batcher:
 
 def _forward(fn: BatchFn, inputs: list[Tensor]) -> Outputs:
     batch = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
-    out = fn(batch)
-    outputs = out if isinstance(out, tuple) else (out,)
+    outputs = _run_splitting(fn, batch)
     if any(len(o) != len(batch) for o in outputs):
         raise RuntimeError(
             f"batch function returned {[len(o) for o in outputs]} rows for {len(batch)}"
         )
     return outputs
+
+
+def _run_splitting(fn: BatchFn, batch: Tensor) -> Outputs:
+    """``fn(batch)``; on out-of-memory, each half on its own (recursively)."""
+    try:
+        out = fn(batch)
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()  # give the failed pass's blocks back before retrying
+        logger.warning("out of device memory on a batch of %d rows; retrying in halves", len(batch))
+        if len(batch) == 1:
+            raise ModelOutOfMemory("out of device memory; try fewer images") from None
+        halves = [_run_splitting(fn, half) for half in batch.split((len(batch) + 1) // 2)]
+        return tuple(torch.cat(parts) for parts in zip(*halves, strict=True))
+    return out if isinstance(out, tuple) else (out,)
 
 
 def _slice(outputs: Outputs, chunks: Sequence[_Chunk]) -> list[Outputs]:

@@ -2,13 +2,16 @@
 
 Every setting is a flag that overrides its ``VAE_*`` environment variable. Weights
 that cannot be used stop the process with one line and exit status 1, before it
-listens.
+listens. SIGTERM (or Ctrl-C) is a graceful shutdown: stop accepting, answer every
+request in flight (for up to ``graceful_shutdown_s``), drain the batcher, exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import time
 import typing
 from collections.abc import Sequence
 
@@ -69,12 +72,25 @@ def read_settings(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
 
 def main(argv: Sequence[str] | None = None) -> None:
     settings = read_settings(build_parser(), argv)
+    started = time.perf_counter()
     try:
         checkpoint = load_checkpoint(settings.weights, settings.device)
     except (WeightsError, DeviceError) as exc:
         sys.exit(f"{PROG}: cannot start: {exc}")
     app = create_app(settings, checkpoint)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    app.state.metrics.load_seconds.set(time.perf_counter() - started)
+    # uvicorn re-raises the signal that stopped it once it has shut down; with these
+    # handlers that is a no-op, so a graceful shutdown exits 0, not 143.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, lambda signum, frame: None)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,  # the service writes its own JSON line per request
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+    )
 
 
 if __name__ == "__main__":

@@ -3,21 +3,26 @@
 Status policy (also in the OpenAPI page):
 
 * 400 - an image that is empty or that no decoder can read;
+* 401 - ``VAE_API_KEYS`` is set and the request has no valid ``Authorization: Bearer``
+  key (service/auth.py), with ``WWW-Authenticate: Bearer``;
 * 413 - a request body over ``VAE_MAX_BODY_BYTES`` (the HTTP meaning of 413);
 * 415 - a body whose content type the endpoint does not take;
 * 422 - a well-formed request whose values are wrong: latents of the wrong length,
-  NaN, infinite or out of range, an unknown ``format``, bad base64, and counts over
-  a configured limit (images or latents per request, pixels per image, ``n``, ``steps``);
-* 503 - the model is not loaded yet, its queue is full (``VAE_MAX_QUEUE_IMAGES``), or
-  the server is shutting down; each with ``Retry-After``.
+  NaN, infinite or over ``VAE_MAX_ABS_LATENT``, an unknown ``format``, bad base64, and
+  counts over a configured limit (images or latents per request, pixels per image,
+  ``n``, ``steps``);
+* 503 - the model is not loaded yet, its queue is full (``VAE_MAX_QUEUE_IMAGES``), the
+  device ran out of memory on a single image, or the server is shutting down; each
+  with ``Retry-After``;
+* 504 - the request took longer than ``VAE_REQUEST_TIMEOUT_S`` (service/limits.py);
+  its queued work is dropped.
 
-Nothing reaches a client as a traceback: an unexpected exception is logged and answered
-with a generic 500.
+Nothing reaches a client as a traceback: an unexpected exception is logged with the
+request id and answered with a generic 500 (service/observability.py).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
@@ -26,8 +31,6 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.batcher import BatcherUnavailable
-
-logger = logging.getLogger("service")
 
 
 class ServiceError(HTTPException):
@@ -79,13 +82,8 @@ async def model_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=503, headers=headers)
 
 
-async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse({"detail": "internal server error"}, status_code=500)
-
-
 def install_error_handlers(app: FastAPI) -> None:
-    """HTTPException (and so ServiceError) keeps FastAPI's ``{"detail": ...}`` handler."""
+    """HTTPException (and so ServiceError) keeps FastAPI's ``{"detail": ...}`` handler;
+    other exceptions reach RequestObservability, which answers a generic 500."""
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(BatcherUnavailable, model_unavailable)
-    app.add_exception_handler(Exception, unexpected_error)

@@ -1,90 +1,57 @@
-"""The app factory: wires settings, the model's lifespan, routes and error handlers.
+"""The app factory: settings, lifespan, middleware, routes and error handlers.
 
 ``app`` is built at import for ``uvicorn service.main:app``; the model loads only when
-the lifespan starts, never at import.
+the lifespan starts (service/lifespan.py), never at import.
 """
 
 from __future__ import annotations
 
-import asyncio
-import gc
-import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-
-import torch
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from model import Checkpoint
-from service import __version__
+from service import __version__, auth
 from service.errors import install_error_handlers
-from service.imaging import limit_pillow_pixels
-from service.limits import BodySizeLimit
+from service.lifespan import model_lifespan
+from service.limits import BodySizeLimit, RequestGuard
+from service.observability import Metrics, RequestObservability
 from service.routes import ROUTERS
-from service.runtime import Batching, ModelRuntime, load_checkpoint, torch_threads
 from service.schemas import API_DESCRIPTION
 from service.settings import Settings, get_settings
 
 
-def configure_logging(level: str) -> None:
-    logger = logging.getLogger("service")
-    logger.setLevel(level.upper())
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
-        logger.addHandler(handler)
-
-
-def batching(settings: Settings) -> Batching:
-    return Batching(
-        settings.max_batch_size,
-        settings.max_batch_delay_ms / 1000,
-        settings.max_queue_images,
-        settings.precision,
-    )
-
-
-def model_lifespan(
-    settings: Settings, checkpoint: Checkpoint | None
-) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """Load (unless ``vae-serve`` already did), warm up, serve, then stop the worker."""
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(settings.log_level)
-        limit_pillow_pixels(settings.max_pixels_per_image)
-        loaded = checkpoint
-        if loaded is None:
-            loaded = await asyncio.to_thread(load_checkpoint, settings.weights, settings.device)
-        torch.set_num_threads(torch_threads(settings.torch_threads))
-        runtime = ModelRuntime(loaded, batching(settings))
-        try:
-            await runtime.start()
-            # Start-up objects (torch, FastAPI) move out of the collector's reach: full
-            # collections over them were the p99 latency (110 ms -> 46 ms at c=32).
-            gc.freeze()
-            app.state.runtime = runtime
-            yield
-        finally:
-            app.state.runtime = None
-            await runtime.aclose()
-
-    return lifespan
+def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    """Innermost first: body size, time limit, API keys, CORS, then ids and metrics
+    around everything, so that refusals by the others are counted and logged too."""
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestGuard, timeout_s=settings.request_timeout_s)
+    if settings.api_keys:
+        app.add_middleware(auth.ApiKeyAuth, keys=settings.api_keys)
+    if settings.cors_origins:  # outside the key check: preflights carry no key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=auth.CORS_METHODS,
+            allow_headers=auth.CORS_REQUEST_HEADERS,
+            expose_headers=auth.CORS_EXPOSED_HEADERS,
+        )
+    app.add_middleware(RequestObservability, metrics=metrics, access_log=settings.access_log)
 
 
 def create_app(settings: Settings | None = None, checkpoint: Checkpoint | None = None) -> FastAPI:
     """The service; ``checkpoint`` is weights loaded already (``vae-serve`` checks them
     before it listens), else the lifespan loads ``settings.weights``."""
     settings = settings or get_settings()
+    metrics = Metrics()
+    lifespan = model_lifespan(settings, checkpoint, metrics)
     app = FastAPI(
         title="VAE inference service",
         version=__version__,
         description=API_DESCRIPTION,
-        lifespan=model_lifespan(settings, checkpoint),
+        lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.runtime = None
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.state.settings, app.state.metrics, app.state.runtime = settings, metrics, None
+    add_middleware(app, settings, metrics)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -13,12 +13,8 @@ EXAMPLE_PNG = (
     "AKcsASBLq2xRAAAAAElFTkSuQmCC"
 )
 EXAMPLE_Z = [0.12, -1.3, 0.57, 0.0]
-# Far beyond anything the N(0, I) prior produces; larger values only overflow the decoder.
-MAX_ABS_LATENT = 1e4
-
-LatentValue = Annotated[
-    float, Field(strict=True, allow_inf_nan=False, ge=-MAX_ABS_LATENT, le=MAX_ABS_LATENT)
-]
+# The bound on |value| is a setting (VAE_MAX_ABS_LATENT), checked in routes/bodies.py.
+LatentValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Latent = Annotated[list[LatentValue], Field(min_length=1, description="latent_dim floats")]
 Base64Image = Annotated[str, Field(description="An image file (PNG, JPEG, ...), base64-encoded")]
 
@@ -126,10 +122,12 @@ class ErrorResponse(BaseModel):
 
 ERROR_MEANINGS = {
     400: "Empty image, or a file no image decoder can read",
+    401: "VAE_API_KEYS is set and no valid 'Authorization: Bearer <key>' was sent",
     413: "Request body over VAE_MAX_BODY_BYTES",
     415: "Content type this endpoint does not take",
     422: "Invalid values (latent length, NaN/inf, format, base64) or a count over its limit",
-    503: "Model not loaded yet",
+    503: "Model not loaded yet, queue full, out of device memory, or shutting down",
+    504: "Request took longer than VAE_REQUEST_TIMEOUT_S; its queued work was dropped",
 }
 
 
@@ -190,7 +188,10 @@ the draw z under `?sample=true` (its seed in `X-Seed`).
 
 **Errors** are JSON `{"detail": ...}`: 400 empty or undecodable image; 413 body over
 `VAE_MAX_BODY_BYTES`; 415 wrong content type; 422 invalid values (latent length,
-NaN/inf/out of range, unknown `format`, bad base64) and counts over a limit (images per
-request, pixels per image, `n`, `steps`); 503 model not loaded yet. Unknown query
-parameters are ignored.
+NaN/inf/over `VAE_MAX_ABS_LATENT`, unknown `format`, bad base64) and counts over a
+limit (images per request, pixels per image, `n`, `steps`); 503 model not loaded yet,
+queue full, out of device memory or shutting down (with `Retry-After`); 504 slower than
+`VAE_REQUEST_TIMEOUT_S`. With `VAE_API_KEYS` set, every endpoint but `/healthz` and
+`/readyz` answers 401 without `Authorization: Bearer <key>`. Unknown query parameters
+are ignored. Every answer carries `X-Request-ID` (yours, if you sent a short one).
 """

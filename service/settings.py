@@ -7,12 +7,13 @@ also the ``--help`` text.
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.pretrained import DEFAULT_WEIGHTS
 
@@ -93,6 +94,57 @@ class Settings(BaseSettings):
             "batch that gives NaN or inf is run again in fp32."
         ),
     )
+    max_abs_latent: float = Field(
+        default=1e4,
+        gt=0,
+        description=(
+            "Largest |value| in a latent sent to /decode or /interpolate; the prior puts "
+            "nearly all mass within ±5, larger values only overflow the decoder. More get 422."
+        ),
+    )
+    request_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description=(
+            "Longest a request may take, queueing included; past it the answer is 504 "
+            "and its queued work is dropped."
+        ),
+    )
+    graceful_shutdown_s: int = Field(
+        default=25,
+        gt=0,
+        description=(
+            "On SIGTERM, how long vae-serve waits for requests in flight before it "
+            "cancels them; longer than the request timeout, so none is cut short."
+        ),
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "API keys, comma-separated or a JSON list; when set, every endpoint but "
+            "/healthz and /readyz needs 'Authorization: Bearer <key>' (else 401)."
+        ),
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Origins browsers may call from, comma-separated or a JSON list ('*' for "
+            "any); empty (the default) sends no CORS headers."
+        ),
+    )
+    access_log: bool = Field(
+        default=True, description="One JSON log line per request (method, path, status, ...)."
+    )
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def split_list(cls, value: object) -> object:
+        """'a,b' or '["a", "b"]' from a variable or a flag; lists pass through."""
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def env_name(field: str) -> str:

@@ -127,15 +127,24 @@ async def request_images(request: Request, runtime: Runtime, settings: AppSettin
     return await images_tensor(blobs, runtime, settings)
 
 
-def latents_tensor(rows: list[list[float]], latent_dim: int, max_rows: int) -> Tensor:
-    """Validated latents (finite floats) as N x latent_dim; 422 on a wrong length."""
+def latents_tensor(
+    rows: list[list[float]], latent_dim: int, max_rows: int, max_abs: float
+) -> Tensor:
+    """Validated latents (finite floats) as N x latent_dim; 422 on a wrong length or
+    a value over ``max_abs`` in size."""
     check_limit(len(rows), max_rows, "latents per request", "max_images_per_request")
     for i, row in enumerate(rows):
         if len(row) != latent_dim:
             raise Unprocessable(
                 f"z[{i}] has {len(row)} values; this model's latent_dim is {latent_dim}"
             )
-    return torch.tensor(rows, dtype=torch.float32)
+    z = torch.tensor(rows, dtype=torch.float64)  # float64: 1e300 stays finite to compare
+    largest = float(z.abs().max())
+    if largest > max_abs:
+        raise Unprocessable(
+            f"a latent value of size {largest:g} is over {max_abs:g} ({env_name('max_abs_latent')})"
+        )
+    return z.float()
 
 
 Images = Annotated[Tensor, Depends(request_images)]

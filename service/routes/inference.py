@@ -52,7 +52,7 @@ router = APIRouter(tags=["model"])
 JSON = "application/json"
 IMAGES_OR_ARRAY = "Images as multipart parts named 'images', JSON, or one .npy array"
 
-IMAGE_ERRORS = error_responses(400, 413, 415, 422, 503)
+IMAGE_ERRORS = error_responses(400, 401, 413, 415, 422, 503, 504)
 Seed = Annotated[
     int | None,
     Query(
@@ -127,14 +127,16 @@ async def encode(
 @router.post(
     "/decode",
     response_model=DecodeResponse,
-    responses={**PNG_RESPONSE, **error_responses(413, 415, 422, 503)},
+    responses={**PNG_RESPONSE, **error_responses(401, 413, 415, 422, 503, 504)},
     dependencies=[Depends(require_json)],
 )
 async def decode(
     body: DecodeRequest, runtime: Runtime, settings: AppSettings, fmt: Format = ImageFormat.json
 ) -> BaseModel | Response:
     """Images (the mean of p(x|z)) for each latent, in order."""
-    z = latents_tensor(body.z, runtime.config.latent_dim, settings.max_images_per_request)
+    z = latents_tensor(
+        body.z, runtime.config.latent_dim, settings.max_images_per_request, settings.max_abs_latent
+    )
     images = await runtime.decode(z)
     return await reply_with_images(images, fmt, lambda pngs: DecodeResponse(images=pngs))
 
@@ -163,7 +165,7 @@ async def interpolation_ends(request: Request, runtime: Runtime, settings: AppSe
     elif kind == "application/json":
         body = await parse_json(request, InterpolateRequest)
         if body.z is not None:
-            return latents_tensor(body.z, runtime.config.latent_dim, 2)
+            return latents_tensor(body.z, runtime.config.latent_dim, 2, settings.max_abs_latent)
         blobs = from_base64(body.images or [])
     else:
         raise unsupported(request, IMAGE_MEDIA_TYPES)
@@ -202,7 +204,7 @@ async def interpolate(
 @router.get(
     "/sample",
     response_model=SampleResponse,
-    responses={**PNG_RESPONSE, **error_responses(422, 503)},
+    responses={**PNG_RESPONSE, **error_responses(401, 422, 503, 504)},
 )
 async def sample(
     runtime: Runtime,

@@ -1,10 +1,11 @@
-"""Operational endpoints: liveness, readiness, and what model is being served."""
+"""Operational endpoints: liveness, readiness, metrics, and what model is being served."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import Runtime
 from service.schemas import ModelInfo, Status, error_responses
@@ -41,3 +42,15 @@ async def model_info(runtime: Runtime) -> ModelInfo:
         data=ckpt.metadata.get("data") or {},
         training=ckpt.metadata.get("training") or {},
     )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests by endpoint and status, latencies, batch sizes,
+    queue depth, model load time and identity."""
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
