@@ -5,6 +5,11 @@ Figures on the test split, in nats per image: −ELBO with its reconstruction an
 (Burda et al. 2016), MSE and PSNR of the posterior-mean reconstruction (per image, then
 averaged), and the number of active latent units (Cov_x(E_q[z_u]) > 0.01).
 
+With ``--quality``, also the sample quality of the standard and the fitted prior side by
+side (model/quality.py): Fréchet distance of the Fashion-MNIST classifier's penultimate
+features of ``--quality-samples`` samples vs the test split, class coverage in bits, and
+sampling speed; ``--grids DIR`` saves an 8 x 8 grid from each prior there.
+
 Output: readable text on stdout (``--format text``, the default) or the same figures as
 one JSON object (``--format json``); ``--json PATH`` also writes the JSON to PATH.
 Exit status: 0 on success, 2 on bad arguments, an unusable weights file or bad data.
@@ -22,9 +27,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from model.classifier import DEFAULT_CLASSIFIER, load_classifier
 from model.data import DataError, load_dataset
 from model.distributed import resolve_device
 from model.metrics import active_units, evaluate_elbo, iwae_nll, reconstruction_error
+from model.quality import compare_priors, format_quality, save_prior_grids
 from model.weights import Checkpoint, WeightsError, load_weights
 
 
@@ -46,11 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--format", choices=("text", "json"), default="text", help="stdout format")
     p.add_argument("--json", type=Path, dest="json_path", help="also write the JSON here")
+    p.add_argument("--quality", action="store_true", help="also score samples of each prior")
+    p.add_argument("--quality-samples", type=int, default=10_000, help="samples per prior")
+    p.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="its features")
+    p.add_argument("--grids", type=Path, metavar="DIR", help="save samples_PRIOR.png grids here")
     return p
 
 
 def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    for name in ("limit_test", "iwae_k", "batch_size"):
+    for name in ("limit_test", "iwae_k", "batch_size", "quality_samples"):
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -97,6 +108,7 @@ def format_text(r: dict[str, Any]) -> str:
             f"PSNR          {r['psnr']:.2f} dB (per image, averaged)",
             f"active units  {r['active_units']} of {r['latent_dim']} (Cov_x(E_q[z_u]) > 0.01)",
             f"took          {r['seconds']:.1f}s",
+            *([format_quality(r["quality"])] if "quality" in r else []),
         ]
     )
 
@@ -111,6 +123,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "data": data.name,
         **evaluate_checkpoint(ckpt, images, args.iwae_k, args.batch_size, args.seed, device),
     }
+    if args.quality:
+        classifier = load_classifier(args.classifier, device)[0]
+        result["quality"] = compare_priors(
+            ckpt, classifier, images, args.quality_samples, args.seed, device
+        )
+    if args.grids:
+        save_prior_grids(ckpt, args.grids, device=device)
     if args.json_path:
         args.json_path.write_text(json.dumps(result, indent=2) + "\n")
     return result

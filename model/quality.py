@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -137,8 +138,6 @@ def compare_priors(
         raise ValueError(f"the quality score needs at least 2 samples, got {n}")
     ref_features, ref_predictions = classify(classifier, test_images, device=device)
     reference = FeatureStats.of(ref_features)
-    fitted = FittedPrior.from_checkpoint(ckpt)
-    priors = {"standard": None} | ({"fitted": fitted.to(device)} if fitted else {})
     return {
         "samples": n,
         "seed": seed,
@@ -148,9 +147,31 @@ def compare_priors(
         },
         "priors": {
             name: prior_quality(ckpt.model, p, classifier, reference, n, seed, device)
-            for name, p in priors.items()
+            for name, p in priors_of(ckpt, device).items()
         },
     }
+
+
+def priors_of(ckpt: Checkpoint, device: str | torch.device) -> dict[str, FittedPrior | None]:
+    """The standard prior (None) and, when the weights carry one, the fitted prior."""
+    fitted = FittedPrior.from_checkpoint(ckpt)
+    return {"standard": None} | ({"fitted": fitted.to(device)} if fitted else {})
+
+
+def save_prior_grids(
+    ckpt: Checkpoint, directory: Path, seed: int = 0, device: str | torch.device = "cpu"
+) -> list[Path]:
+    """An 8 x 8 grid of samples from each prior, DIRECTORY/samples_{standard,fitted}.png."""
+    from model.report import save_image_grid  # matplotlib loads only when grids are asked for
+
+    return [
+        save_image_grid(
+            directory / f"samples_{name}.png",
+            sample_images(ckpt.model, prior, 64, seed, device=device)[0],
+            nrow=8,
+        )
+        for name, prior in priors_of(ckpt, device).items()
+    ]
 
 
 def format_quality(result: dict[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,10 +10,12 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from PIL import Image
 
 from model import WeightsError, load_weights
 from model.classifier import Classifier, load_classifier
 from model.classifier import main as classifier_main
+from model.evaluate import main as evaluate_main
 from model.prior import attach_prior, fit_prior
 from model.quality import (
     FeatureStats,
@@ -75,7 +78,7 @@ def fake_fashion_mnist(root: Path, n: int = 96) -> Path:
 @pytest.fixture
 def trained_classifier(tmp_path: Path) -> tuple[Path, Classifier]:
     out = tmp_path / "clf.safetensors"
-    data = fake_fashion_mnist(tmp_path / "idx")
+    data = fake_fashion_mnist(tmp_path / "classifier-idx")
     argv = ["train", "--data-dir", str(data), "--epochs", "2", "--batch-size", "32"]
     assert classifier_main([*argv, "--out", str(out), "--device", "cpu"]) == 0
     return out, load_classifier(out)[0]
@@ -134,3 +137,38 @@ def test_weights_without_a_prior_score_the_standard_prior_only(
     test_images = torch.rand((20, 1, 28, 28))
     result = compare_priors(load_weights(tiny_weights), trained_classifier[1], test_images, n=10)
     assert set(result["priors"]) == {"standard"}
+
+
+def test_vae_eval_quality_scores_both_priors_and_saves_grids(
+    trained_classifier: tuple[Path, Classifier],
+    tiny_weights: Path,
+    idx_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    latents = torch.randn((60, 4), generator=torch.Generator().manual_seed(0))
+    attach_prior(tiny_weights, fit_prior(latents, components=2))
+    grids = tmp_path / "grids"
+    argv = [str(tiny_weights), "--data-dir", str(idx_dir), "--iwae-k", "1", "--quality"]
+    argv += ["--quality-samples", "30", "--classifier", str(trained_classifier[0])]
+    assert evaluate_main([*argv, "--format", "json", "--grids", str(grids)]) == 0
+    quality = json.loads(capsys.readouterr().out)["quality"]
+    assert quality["samples"] == 30 and quality["reference"]["images"] == 32
+    assert set(quality["priors"]) == {"standard", "fitted"}
+    for name in ("standard", "fitted"):
+        with Image.open(grids / f"samples_{name}.png") as grid:
+            assert grid.size == (8 * 30 + 2, 8 * 30 + 2)  # 8 x 8 tiles of 28 px, 2 px apart
+    assert evaluate_main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Fréchet distance" in text and "\nfitted " in text and "30 samples" in text
+
+
+def test_vae_eval_quality_refuses_a_missing_classifier(
+    tiny_weights: Path, idx_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "none.safetensors"
+    argv = [str(tiny_weights), "--data-dir", str(idx_dir), "--iwae-k", "1", "--quality"]
+    assert evaluate_main([*argv, "--classifier", str(missing)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vae-eval: error:") and "classifier file not found" in err
+    assert "\n" not in err
