@@ -88,9 +88,16 @@ class VAEClient:
         return self.send(reconstruct_call(images, multipart))
 
     def sample(
-        self, n: int = 16, seed: int | None = None, temperature: float = 1.0, as_array: bool = False
+        self,
+        n: int = 16,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        as_array: bool = False,
+        prior: str | None = None,
     ) -> Decoded:
-        return self.send(sample_call(n, seed, temperature, as_array))
+        """n decoded prior draws; ``prior`` 'standard' or 'fitted' (default: the server's,
+        fitted when its weights carry one); ``Decoded.prior`` says which was used."""
+        return self.send(sample_call(n, seed, temperature, as_array, prior))
 
     def interpolate(self, start: Endpoint, end: Endpoint, steps: int = 8) -> Decoded:
         """The decoded line between two image files or two latents."""
@@ -141,9 +148,14 @@ class AsyncVAEClient:
         return await self.send(reconstruct_call(images, multipart))
 
     async def sample(
-        self, n: int = 16, seed: int | None = None, temperature: float = 1.0, as_array: bool = False
+        self,
+        n: int = 16,
+        seed: int | None = None,
+        temperature: float = 1.0,
+        as_array: bool = False,
+        prior: str | None = None,
     ) -> Decoded:
-        return await self.send(sample_call(n, seed, temperature, as_array))
+        return await self.send(sample_call(n, seed, temperature, as_array, prior))
 
     async def interpolate(self, start: Endpoint, end: Endpoint, steps: int = 8) -> Decoded:
         return await self.send(interpolate_call(start, end, steps))

@@ -46,11 +46,13 @@ class Encoding:
 
 @dataclass(frozen=True)
 class Decoded:
-    """Latents and their images: PNG files, or a float32 N×H×W×C array."""
+    """Latents and their images: PNG files, or a float32 N×H×W×C array; from /sample, also
+    the prior they were drawn from."""
 
     images: list[bytes] | np.ndarray
     z: np.ndarray | None = None
     seed: int | None = None
+    prior: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,11 +130,13 @@ def _json_decoded(response: httpx.Response) -> Decoded:
     body = response.json()
     z = body.get("z")
     z = None if z is None else np.asarray(z, np.float32)
-    return Decoded(_pngs(body["images"]), z, body.get("seed"))
+    return Decoded(_pngs(body["images"]), z, body.get("seed"), body.get("prior"))
 
 
 def _npy_decoded(response: httpx.Response) -> Decoded:
-    return Decoded(read_npy(response), seed=_seed_of(response))
+    return Decoded(
+        read_npy(response), seed=_seed_of(response), prior=response.headers.get("x-prior")
+    )
 
 
 def _draw_params(sample: bool, seed: int | None) -> dict[str, Any]:
@@ -169,8 +173,12 @@ def reconstruct_call(images: Images, multipart: bool) -> Call[Decoded]:
     return Call("POST", "/reconstruct", _json_decoded, {}, _image_body(images, multipart))
 
 
-def sample_call(n: int, seed: int | None, temperature: float, as_array: bool) -> Call[Decoded]:
+def sample_call(
+    n: int, seed: int | None, temperature: float, as_array: bool, prior: str | None = None
+) -> Call[Decoded]:
     params = {"n": n, "temperature": temperature, **_draw_params(False, seed)}
+    if prior is not None:  # else the server's default: fitted when the weights carry one
+        params["prior"] = prior
     if as_array:
         return Call("GET", "/sample", _npy_decoded, {**params, "format": "npy"})
     return Call("GET", "/sample", _json_decoded, params)

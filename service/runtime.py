@@ -21,6 +21,7 @@ from torch import Tensor
 
 from model import VAE, Checkpoint, VAEConfig, load_weights
 from model.distributed import resolve_device
+from model.prior import FittedPrior
 from service.batcher import Batcher, Operation, Outputs
 
 logger = logging.getLogger("service")
@@ -40,12 +41,15 @@ class Posterior:
 
 
 def load_checkpoint(weights: Path, device: str) -> Checkpoint:
-    """Read and check the weights onto the chosen device; WeightsError or DeviceError if not."""
+    """Read and check the weights (and any fitted prior they carry) onto the chosen device;
+    WeightsError or DeviceError if not."""
     try:
         target = resolve_device(device)
     except ValueError as exc:
         raise DeviceError(str(exc)) from None
-    return load_weights(weights, target)
+    checkpoint = load_weights(weights, target)
+    FittedPrior.from_checkpoint(checkpoint)  # a corrupt prior stops start-up, not a /sample
+    return checkpoint
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -53,8 +57,13 @@ def seeded(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def draw_prior(n: int, latent_dim: int, temperature: float, seed: int) -> Tensor:
-    """n latents from N(0, temperature^2 I)."""
+def draw_prior(
+    n: int, latent_dim: int, temperature: float, seed: int, fitted: FittedPrior | None = None
+) -> Tensor:
+    """n latents from N(0, temperature^2 I), or from the ``fitted`` mixture with each draw's
+    deviation from its component mean scaled by ``temperature``."""
+    if fitted is not None:
+        return fitted.sample(n, temperature, seeded(seed))
     return torch.randn((n, latent_dim), generator=seeded(seed)) * temperature
 
 
@@ -106,6 +115,8 @@ class ModelRuntime:
         batching = batching or Batching()
         self.checkpoint = checkpoint
         self.model = checkpoint.model
+        # On the CPU (extra tensors load there), like every seeded draw: see seeded().
+        self.prior = FittedPrior.from_checkpoint(checkpoint)
         self.device = next(self.model.parameters()).device
         cuda = self.device.type == "cuda"
         self.half = HALF.get(batching.precision) if cuda else None
@@ -169,9 +180,14 @@ class ModelRuntime:
         """Decoded posterior means."""
         return await self.decode((await self.encode(images)).mean)
 
-    async def sample(self, n: int, temperature: float, seed: int) -> tuple[Tensor, Tensor]:
-        """n draws from the prior and their images."""
-        z = draw_prior(n, self.config.latent_dim, temperature, seed)
+    async def sample(
+        self, n: int, temperature: float, seed: int, fitted: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """n draws from the standard prior, or the fitted one, and their images."""
+        prior = self.prior if fitted else None
+        if fitted and prior is None:
+            raise ValueError("these weights carry no fitted prior")
+        z = draw_prior(n, self.config.latent_dim, temperature, seed, prior)
         return z, await self.decode(z)
 
     async def interpolate(self, start: Tensor, end: Tensor, steps: int) -> tuple[Tensor, Tensor]:

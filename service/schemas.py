@@ -19,6 +19,14 @@ Latent = Annotated[list[LatentValue], Field(min_length=1, description="latent_di
 Base64Image = Annotated[str, Field(description="An image file (PNG, JPEG, ...), base64-encoded")]
 
 
+class PriorName(StrEnum):
+    """Where /sample draws latents: the standard normal N(0, I), or the Gaussian mixture
+    fitted to the training set's posterior means (sharper samples; vae-fit-prior)."""
+
+    standard = "standard"
+    fitted = "fitted"
+
+
 class ImageFormat(StrEnum):
     """How images come back: base64 PNGs inside JSON, one PNG (a grid for several), or
     a float32 N×H×W×C .npy array."""
@@ -65,6 +73,7 @@ class DecodeResponse(BaseModel):
 
 
 class SampleResponse(BaseModel):
+    prior: PriorName = Field(description="The prior the latents were drawn from")
     seed: int = Field(description="Seed of the prior draws: send it back for the same images")
     temperature: float
     z: list[list[float]] = Field(examples=[[EXAMPLE_Z]])
@@ -92,6 +101,17 @@ class InterpolateResponse(BaseModel):
     images: list[str] = Field(description="Base64 PNG files, first to last")
 
 
+class FittedPriorInfo(BaseModel):
+    components: int = Field(examples=[10])
+    covariance_type: str = Field(examples=["full"])
+    train_loglik: float = Field(
+        description="Mean log-likelihood of the training posterior means under the mixture, "
+        "in nats",
+        examples=[48.51],
+    )
+    n_fit: int = Field(description="Posterior means it was fitted to", examples=[60000])
+
+
 class ModelInfo(BaseModel):
     weights: str = Field(description="File name of the served weights")
     sha256: str
@@ -104,6 +124,9 @@ class ModelInfo(BaseModel):
     config: dict[str, Any]
     data: dict[str, Any] = Field(description="The data set the weights were trained on")
     training: dict[str, Any] = Field(description="Training summary: epochs, test metrics, ...")
+    prior: FittedPriorInfo | None = Field(
+        description="The fitted latent prior /sample uses by default; null if none"
+    )
 
 
 class Status(BaseModel):
@@ -125,7 +148,8 @@ ERROR_MEANINGS = {
     401: "VAE_API_KEYS is set and no valid 'Authorization: Bearer <key>' was sent",
     413: "Request body over VAE_MAX_BODY_BYTES",
     415: "Content type this endpoint does not take",
-    422: "Invalid values (latent length, NaN/inf, format, base64) or a count over its limit",
+    422: "Invalid values (latent length, NaN/inf, format, base64, a prior the weights lack) "
+    "or a count over its limit",
     503: "Model not loaded yet, queue full, out of device memory, or shutting down",
     504: "Request took longer than VAE_REQUEST_TIMEOUT_S; its queued work was dropped",
 }
@@ -180,6 +204,11 @@ to its square image size, aspect ratio not kept.
 
 **Images out**: base64 PNGs in JSON, or with `?format=png` one PNG (a grid for several).
 
+**Priors**: `/sample?prior=fitted` draws from a Gaussian mixture fitted to the training
+set's posterior means (sharper samples), `prior=standard` from N(0, I); the default is
+`fitted` when the weights carry one (see `/model`), and the answer names the prior used
+(`prior` in JSON, `X-Prior` with `?format=png|npy`).
+
 **Binary fast path**: /encode and /reconstruct also take an `application/x-npy` body
 (uint8 0..255 or float32 0..1, N×H×W or N×H×W×C, at the model's size: not resized),
 and `?format=npy` answers a float32 `.npy` array: images N×H×W×C from /decode,
@@ -188,7 +217,8 @@ the draw z under `?sample=true` (its seed in `X-Seed`).
 
 **Errors** are JSON `{"detail": ...}`: 400 empty or undecodable image; 413 body over
 `VAE_MAX_BODY_BYTES`; 415 wrong content type; 422 invalid values (latent length,
-NaN/inf/over `VAE_MAX_ABS_LATENT`, unknown `format`, bad base64) and counts over a
+NaN/inf/over `VAE_MAX_ABS_LATENT`, unknown `format`, bad base64, `prior=fitted` on
+weights without one) and counts over a
 limit (images per request, pixels per image, `n`, `steps`); 503 model not loaded yet,
 queue full, out of device memory or shutting down (with `Retry-After`); 504 slower than
 `VAE_REQUEST_TIMEOUT_S`. With `VAE_API_KEYS` set, every endpoint but `/healthz` and

@@ -32,7 +32,7 @@ from service.routes.bodies import (
     parse_json,
     unsupported,
 )
-from service.runtime import draw_posterior
+from service.runtime import ModelRuntime, draw_posterior
 from service.schemas import (
     PNG_RESPONSE,
     DecodeRequest,
@@ -43,6 +43,7 @@ from service.schemas import (
     ImageFormat,
     InterpolateRequest,
     InterpolateResponse,
+    PriorName,
     SampleResponse,
     error_responses,
     image_body,
@@ -69,6 +70,18 @@ Format = Annotated[
 
 def choose_seed(seed: int | None) -> int:
     return secrets.randbits(31) if seed is None else seed
+
+
+def choose_prior(requested: PriorName | None, runtime: ModelRuntime) -> PriorName:
+    """The fitted prior when the weights carry one, unless the standard one is asked for."""
+    if requested is None:
+        return PriorName.fitted if runtime.prior else PriorName.standard
+    if requested is PriorName.fitted and runtime.prior is None:
+        raise Unprocessable(
+            "prior=fitted: these weights carry no fitted prior (add one with vae-fit-prior), "
+            "use prior=standard"
+        )
+    return requested
 
 
 async def reply_with_images(
@@ -215,17 +228,23 @@ async def sample(
         float, Query(ge=0.0, le=10.0, allow_inf_nan=False, description="Prior std")
     ] = 1.0,
     fmt: Format = ImageFormat.json,
+    prior: Annotated[
+        PriorName | None,
+        Query(description="standard: N(0, I); fitted: the weights' mixture (the default if any)"),
+    ] = None,
 ) -> BaseModel | Response:
-    """n latents from the prior N(0, temperature^2 I), decoded. The same seed gives the
-    same PNGs byte for byte on the same device; with ?format=png the seed is in X-Seed."""
+    """n latents from the prior, decoded: N(0, temperature^2 I), or the fitted mixture with
+    each draw's deviation from its component mean scaled by temperature. The same seed
+    gives the same PNGs byte for byte on the same device; with ?format=png|npy the seed is
+    in X-Seed and the prior in X-Prior."""
     check_limit(n, settings.max_sample_n, "n", "max_sample_n")
-    chosen = choose_seed(seed)
-    z, images = await runtime.sample(n, temperature, chosen)
+    used, chosen = choose_prior(prior, runtime), choose_seed(seed)
+    z, images = await runtime.sample(n, temperature, chosen, used is PriorName.fitted)
     return await reply_with_images(
         images,
         fmt,
         lambda pngs: SampleResponse(
-            seed=chosen, temperature=temperature, z=z.tolist(), images=pngs
+            prior=used, seed=chosen, temperature=temperature, z=z.tolist(), images=pngs
         ),
-        headers={"X-Seed": str(chosen)},
+        headers={"X-Seed": str(chosen), "X-Prior": used.value},
     )

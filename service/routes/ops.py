@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service.deps import Runtime
-from service.schemas import ModelInfo, Status, error_responses
+from service.schemas import FittedPriorInfo, ModelInfo, Status, error_responses
 
 router = APIRouter(tags=["operations"])
 
@@ -41,6 +41,7 @@ async def model_info(runtime: Runtime) -> ModelInfo:
         config=cfg.to_dict(),
         data=ckpt.metadata.get("data") or {},
         training=ckpt.metadata.get("training") or {},
+        prior=FittedPriorInfo(**runtime.prior.describe()) if runtime.prior else None,
     )
 
 
