@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
 from model import load_weights
+from model import train as model_train
 from model.checkpoint import checkpoint_path
 from model.distributed import parameter_digest
 from model.train import main
@@ -64,14 +66,25 @@ def test_identical_seeds_give_identical_weights(tmp_path: Path) -> None:
 
 
 @needs_data
-def test_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+def test_resume_matches_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     straight, resumed = tmp_path / "s.safetensors", tmp_path / "r.safetensors"
     assert train(straight, "--epochs", "2") == 0
-    assert train(resumed, "--epochs", "1") == 0
-    assert checkpoint_path(resumed).exists()
+    real_epoch = model_train.train_epoch
+
+    def killed_in_epoch_2(trainer: Any, images: Any, epoch: int, step: int) -> Any:
+        if epoch == 1:
+            raise KeyboardInterrupt  # as if the job were stopped after epoch 1's checkpoint
+        return real_epoch(trainer, images, epoch, step)
+
+    monkeypatch.setattr(model_train, "train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(resumed, "--epochs", "2")
+    assert checkpoint_path(resumed).exists() and not resumed.exists()
+    monkeypatch.setattr(model_train, "train_epoch", real_epoch)
     assert train(resumed, "--epochs", "2", "--resume") == 0
-    history = load_weights(resumed).metadata["training"]["epochs"]
-    assert history == 2
+    assert load_weights(resumed).metadata["training"]["epochs"] == 2
     assert parameter_digest(load_weights(straight).model) == parameter_digest(
         load_weights(resumed).model
     )
