@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -97,17 +98,34 @@ def describe(load: Load) -> str:
     )
 
 
-def soak(server: servers.Server, work: workloads.Workload, requests: int, rate: float) -> str:
-    """Resident memory before and after about ``requests`` single-image requests."""
-    before = server.rss_mib()
-    load = drive(server.base_url, work.requests["ours"], 32, max(1.0, requests / rate))
-    after = server.rss_mib()
-    growth = 100 * (after - before) / before
-    return (
-        f"Resident memory of our server: {before:.1f} MiB after warm-up, {after:.1f} MiB after "
-        f"{load.requests:,} more single-image /encode requests at concurrency 32 "
-        f"({growth:+.1f}%; {load.errors} errors)."
-    )
+@dataclass(frozen=True)
+class Soak:
+    """Resident memory of our server before and after many single-image requests."""
+
+    before_mib: float
+    after_mib: float
+    requests: int
+    errors: int
+
+    @property
+    def growth(self) -> float:
+        return (self.after_mib - self.before_mib) / self.before_mib
+
+    def describe(self) -> str:
+        return (
+            f"Resident memory of our server: {self.before_mib:.1f} MiB after the measurements "
+            f"above, {self.after_mib:.1f} MiB after {self.requests:,} more single-image /encode "
+            f"requests at concurrency 32 ({100 * self.growth:+.1f}%; {self.errors} errors)."
+        )
+
+
+def soak(server: servers.Server, work: workloads.Workload, requests: int, rate: float) -> Soak:
+    """Drive at least ``requests`` single-image requests, in runs sized by ``rate``."""
+    before, sent, errors = server.rss_mib(), 0, 0
+    while sent < requests:
+        load = drive(server.base_url, work.requests["ours"], 32, max(1.0, (requests - sent) / rate))
+        sent, errors = sent + load.requests, errors + load.errors
+    return Soak(before, server.rss_mib(), sent, errors)
 
 
 def ours_env(threads: int) -> dict[str, str]:
@@ -116,12 +134,12 @@ def ours_env(threads: int) -> dict[str, str]:
 
 def run_server(
     name: str, weights: Path, all_work: list[workloads.Workload], args: argparse.Namespace
-) -> tuple[dict[tuple[str, int], Load], str]:
+) -> tuple[dict[tuple[str, int], Load], Soak | None]:
     server = servers.start(name, weights, args.threads, ours_env(args.threads))
     try:
         loads = measure_server(server, all_work, args)
-        if name != "ours":
-            return loads, ""
+        if name != "ours" or not args.soak:
+            return loads, None
         single = all_work[0]
         return loads, soak(server, single, args.soak, loads[single.name, 32].rate)
     finally:
@@ -175,14 +193,14 @@ def machine() -> str:
     )
 
 
-def collect(args: argparse.Namespace) -> tuple[list[Row], str, str]:
+def collect(args: argparse.Namespace) -> tuple[list[Row], str, Soak | None]:
     weights, described = servers.weights_or_random(args.weights)
     all_work = workloads.build(load_weights(weights).model)
     in_process = measure_in_process(all_work, args.seconds)
-    by_server, memory = {}, ""
+    by_server, memory = {}, None
     for name in ("ours", *[p for p in args.peers.split(",") if p]):
-        by_server[name], note = run_server(name, weights, all_work, args)
-        memory = memory or note
+        by_server[name], soaked = run_server(name, weights, all_work, args)
+        memory = memory or soaked
     rows = []
     for work in all_work:
         levels = SINGLE_CONCURRENCY if work.images == 1 else (args.batch_concurrency,)
@@ -194,24 +212,60 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], str, str]:
     return rows, described, memory
 
 
-def report(rows: list[Row], weights: str, memory: str, args: argparse.Namespace) -> str:
-    command = "python -m benchmarks.bench " + " ".join(sys.argv[1:])
+def verdicts(rows: list[Row], memory: Soak | None) -> list[tuple[str, str, bool]]:
+    """The issue's targets against this run's figures: (target, measured, met)."""
+    single = next(r for r in rows if r.workload.images == 1 and r.concurrency == 32)
+    ours, lit = single.loads["ours"], single.images_per_s("litserve")
+    checks = [
+        ("single-image /encode, c=32: ≥ 1,500 req/s", f"{ours.rate:,.0f} req/s", ours.rate >= 1500),
+        ("single-image /encode, c=32: p99 ≤ 50 ms", f"{ours.p99_ms:.1f} ms", ours.p99_ms <= 50),
+    ]
+    if lit:
+        checks.append(("single-image /encode, c=32: ≥ 4× LitServe", f"{ours.rate / lit:.2f}×",
+                       ours.rate >= 4 * lit))  # fmt: skip
+    for row in rows:
+        mine = row.images_per_s("ours")
+        if row.workload.images > 1 and mine:
+            share = mine / row.in_process
+            checks.append((f"{row.workload.name}: ≥ 80% of in-process", f"{share:.0%}",
+                           share >= 0.8))  # fmt: skip
+    if memory:
+        checks.append((f"resident memory: < 5% growth over ≥ {100_000:,} requests",
+                       f"{memory.growth:+.1%} over {memory.requests:,}",
+                       memory.growth < 0.05 and memory.requests >= 100_000))  # fmt: skip
+    return checks
+
+
+def targets_table(rows: list[Row], memory: Soak | None) -> str:
+    lines = ["| target | measured | met |", "|---|---|---|"]
+    for target, measured, met in verdicts(rows, memory):
+        lines.append(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
+    return "\n".join(lines)
+
+
+def report(
+    rows: list[Row], weights: str, memory: Soak | None, load: float, args: argparse.Namespace
+) -> str:
+    command = shlex.join(["python", "-m", "benchmarks.bench", *sys.argv[1:]])
     return "\n\n".join(
         [
-            f"Machine: {machine()}.",
+            f"Machine: {machine()}. 1-minute load average when the run started: {load:.2f}.",
             f"Weights: {weights}. Torch threads per server: {args.threads}; in-process: "
             f"{os.cpu_count()}. Each figure: {args.seconds:.0f} s of load after a 1 s warm-up.",
             table(rows),
-            memory,
-            f"Command: `{command.strip()}` ({time.strftime('%Y-%m-%d')}).",
+            memory.describe() if memory else "No memory soak (--soak 0).",
+            "Targets (issue 5), from the figures above:",
+            targets_table(rows, memory),
+            f"Command: `{command}` ({time.strftime('%Y-%m-%d')}).",
         ]
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    load = os.getloadavg()[0]
     rows, weights, memory = collect(args)
-    text = report(rows, weights, memory, args)
+    text = report(rows, weights, memory, load, args)
     print(text)
     if args.write:
         args.write.write_text(f"# Benchmarks\n\n{text}\n")
