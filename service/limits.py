@@ -5,7 +5,6 @@ client has gone away."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 
 from starlette.datastructures import Headers
@@ -52,61 +51,95 @@ class BodySizeLimit:
 
 class RequestGuard:
     """504 for a request still unanswered after ``timeout_s``; a request whose client
-    disconnects is cancelled at once. Either way the handler is cancelled where it
-    waits, which cancels its batcher future, so the batcher drops its queued rows."""
+    disconnects is cancelled. Either way the handler is cancelled where it waits, which
+    cancels its batcher future, so the batcher drops its queued rows.
+
+    One sweeper task per event loop checks the requests in flight every ``tick_s``:
+    a request pays for no timer and no task of its own unless it lasts past a sweep,
+    when a watcher starts listening for its client's disconnect (uvicorn does not
+    cancel a handler whose client left). Requests are assumed not to read a body on
+    GET or HEAD, as none of this service's do.
+    """
 
     def __init__(self, app: ASGIApp, timeout_s: float) -> None:
         self.app = app
         self.timeout_s = timeout_s
+        self.tick_s = min(0.1, timeout_s / 5)
         self.message = f"request took over {timeout_s:g} s ({env_name('request_timeout_s')})"
+        self._active: set[_Exchange] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        exchange = _Exchange(receive, send)
+        loop = asyncio.get_running_loop()
+        exchange = _Exchange(receive, send, loop.time() + self.timeout_s)
+        exchange.body_read = scope["method"] in ("GET", "HEAD")
+        self._active.add(exchange)
+        if self._sweeper is None or self._sweeper.get_loop() is not loop:
+            self._sweeper = loop.create_task(self._sweep())
         try:
-            async with asyncio.timeout(self.timeout_s) as deadline:
-                exchange.deadline = deadline
-                if scope["method"] in ("GET", "HEAD"):  # no body: watch from the start
-                    await exchange.prefetch()
-                await self.app(scope, exchange.receive, exchange.send)
-        except Exception as exc:
-            if exchange.disconnected:  # the client left: nobody to answer
-                return
-            if not (isinstance(exc, TimeoutError) and deadline.expired()) or exchange.started:
+            await self.app(scope, exchange.receive, exchange.send)
+        except BaseException:
+            if not exchange.aborted:
                 raise
-            await JSONResponse({"detail": self.message}, status_code=504)(scope, receive, send)
-        finally:
             exchange.close()
+            if not (exchange.disconnected or exchange.started):
+                await JSONResponse({"detail": self.message}, status_code=504)(scope, receive, send)
+        finally:
+            self._active.discard(exchange)
+            exchange.close()
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._active:
+            await asyncio.sleep(self.tick_s)
+            now = loop.time()
+            for exchange in list(self._active):
+                exchange.check(now)
+        self._sweeper = None
 
 
 class _Exchange:
-    """One request's receive and send, watched for a client disconnect once the app
-    has the whole body (uvicorn does not cancel a handler whose client left)."""
+    """One request in flight: its task, deadline, and its receive and send, watched."""
 
-    def __init__(self, receive: Receive, send: Send) -> None:
+    __slots__ = (
+        "_early",
+        "_receive",
+        "_send",
+        "_watcher",
+        "aborted",
+        "body_read",
+        "cancel_sent",
+        "complete",
+        "deadline",
+        "disconnected",
+        "started",
+        "task",
+    )
+
+    def __init__(self, receive: Receive, send: Send, deadline: float) -> None:
         self._receive = receive
         self._send = send
-        self.deadline: asyncio.Timeout | None = None
-        self.started = self.complete = self.disconnected = False
+        self.deadline = deadline
+        self.task = asyncio.current_task()
+        self.body_read = self.started = self.complete = False
+        self.aborted = self.disconnected = self.cancel_sent = False
         self._early: deque[Message] = deque()
-        self._watcher: asyncio.Task[Message] | None = None
-
-    async def prefetch(self) -> None:
-        self._early.append(await self._receive())
-        self._watch()
+        self._watcher: asyncio.Task[None] | None = None
 
     async def receive(self) -> Message:
         if self._early:
             return self._early.popleft()
         if self._watcher is not None:  # the body is read: only a disconnect can come
-            return await asyncio.shield(self._watcher)
+            await asyncio.shield(self._watcher)
+            return {"type": "http.disconnect"}
         message = await self._receive()
         if message["type"] == "http.disconnect":
-            self._abort()
+            self._abort(disconnected=True)
         elif not message.get("more_body", False):
-            self._watch()
+            self.body_read = True
         return message
 
     async def send(self, message: Message) -> None:
@@ -116,24 +149,32 @@ class _Exchange:
             self.complete = True
         await self._send(message)
 
+    def check(self, now: float) -> None:
+        """On each sweep: time out, or start watching for a disconnect."""
+        if self.aborted or self.started:
+            return
+        if now >= self.deadline:
+            self._abort(disconnected=False)
+        elif self._watcher is None and self.body_read:
+            self._watcher = asyncio.ensure_future(self._watch())
+
     def close(self) -> None:
+        """The request is over: stop watching, and take back our cancellation, if any."""
         self.complete = True
         if self._watcher is not None:
             self._watcher.cancel()
+        if self.cancel_sent and self.task is not None:
+            self.task.uncancel()
+            self.cancel_sent = False
 
-    def _watch(self) -> None:
-        self._watcher = asyncio.ensure_future(self._receive())
-        self._watcher.add_done_callback(self._on_message)
+    async def _watch(self) -> None:
+        while (message := await self._receive())["type"] != "http.disconnect":
+            self._early.append(message)  # a GET's empty body, kept for the app
+        self._abort(disconnected=True)
 
-    def _on_message(self, watcher: asyncio.Task[Message]) -> None:
-        if watcher.cancelled() or watcher.exception() is not None:
+    def _abort(self, disconnected: bool) -> None:
+        if self.complete or self.aborted or self.task is None:
             return
-        if watcher.result()["type"] == "http.disconnect":
-            self._abort()
-
-    def _abort(self) -> None:
-        if self.complete or self.deadline is None:
-            return
-        self.disconnected = True
-        with contextlib.suppress(RuntimeError):  # the deadline is already past
-            self.deadline.reschedule(asyncio.get_running_loop().time())
+        self.aborted, self.disconnected = True, disconnected
+        if self.task is not asyncio.current_task():  # else the app sees the disconnect itself
+            self.cancel_sent = self.task.cancel()
