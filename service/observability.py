@@ -31,7 +31,9 @@ REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "<unmatched>"  # one label for every unknown path, so scanners add no series
-CLIENT_CLOSED = 499  # nginx's status for a client that left before its answer
+# nginx's status for a request that ended with no answer sent (its client left, or it
+# was cancelled): logged and counted under it, never sent.
+CLIENT_CLOSED = 499
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
@@ -152,7 +154,8 @@ class RequestObservability:
                     {"detail": "internal server error"}, 500, {"X-Request-ID": rid}
                 )
                 await reply(scope, receive, send)
-        self._record(scope, rid, status, time.perf_counter() - started)
+        finally:  # a request cancelled (client gone, shutdown timeout) is recorded too
+            self._record(scope, rid, status, time.perf_counter() - started)
 
     def _record(self, scope: Scope, rid: str, status: int, seconds: float) -> None:
         method = scope["method"] if scope["method"] in METHODS else "OTHER"

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -106,3 +113,58 @@ def image_file(
 def make_image() -> Callable[..., bytes]:
     """``make_image(width, height, mode, fmt, seed)`` -> image file bytes."""
     return image_file
+
+
+@dataclass
+class Server:
+    """``vae-serve`` running in a subprocess on a free loopback port."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path  # its stderr: the JSON log lines
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS for the server process")
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                httpx.get(f"{self.url}/readyz", timeout=2).raise_for_status()
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError(
+            f"server not ready (exit {self.process.poll()}): {self.log.read_text()}"
+        )
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    """``start_server(*flags)`` -> a ready Server (``vae-serve`` with those flags)."""
+    servers: list[Server] = []
+
+    def start(*flags: str) -> Server:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        log = tmp_path / f"server-{port}.log"
+        command = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port)]
+        repo = Path(__file__).resolve().parents[1]
+        env = {**os.environ, "PYTHONPATH": str(repo)}
+        with log.open("wb") as stderr:
+            process = subprocess.Popen(
+                [*command, *flags], env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=stderr
+            )
+        servers.append(Server(f"http://127.0.0.1:{port}", process, log))
+        servers[-1].wait_ready()
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait()

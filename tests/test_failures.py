@@ -148,8 +148,12 @@ async def test_timeout_is_504_and_queued_work_is_dropped(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("POST", "/decode", b'{"z": [[2.0, 0, 0, 0]]}'), ("GET", "/sample?n=1&prior=standard", b"")],
+)
 async def test_client_that_disconnects_leaves_nothing_behind(
-    held_app: tuple[FastAPI, FakeGpu],
+    held_app: tuple[FastAPI, FakeGpu], method: str, path: str, body: bytes
 ) -> None:
     app, fake = held_app
     fake.release.clear()
@@ -159,7 +163,6 @@ async def test_client_that_disconnects_leaves_nothing_behind(
         await asyncio.to_thread(fake.started.wait, 5)
         left = asyncio.Event()
         sent: list[Message] = []
-        body = b'{"z": [[2.0, 0, 0, 0]]}'
         messages = [{"type": "http.request", "body": body, "more_body": False}]
 
         async def receive() -> Message:
@@ -175,11 +178,11 @@ async def test_client_that_disconnects_leaves_nothing_behind(
             "type": "http",
             "asgi": {"version": "3.0"},
             "http_version": "1.1",
-            "method": "POST",
+            "method": method,
             "scheme": "http",
-            "path": "/decode",
-            "raw_path": b"/decode",
-            "query_string": b"",
+            "path": path.split("?")[0],
+            "raw_path": path.split("?")[0].encode(),
+            "query_string": path.partition("?")[2].encode(),
             "root_path": "",
             "headers": [(b"content-type", b"application/json")],
             "client": ("127.0.0.1", 1),
@@ -197,3 +200,6 @@ async def test_client_that_disconnects_leaves_nothing_behind(
         assert (await client.post("/decode", json={"z": [[3.0, 0, 0, 0]]})).status_code == 200
     assert rows_seen(fake, 2.0) == 0
     assert rows_seen(fake, 3.0) == 1
+    assert len(fake.seen) == 2  # the held request and the last one: nothing of the leaver's
+    labels = {"endpoint": path.split("?")[0], "method": method, "status": "499"}
+    assert app.state.metrics.registry.get_sample_value("vae_http_requests_total", labels) == 1
