@@ -11,17 +11,15 @@ import hmac
 from collections.abc import Iterable
 
 from pydantic import SecretStr
+from starlette.applications import Starlette
 from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 # Probes (load balancers, Kubernetes) must reach these without a key.
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
-# With VAE_CORS_ORIGINS set: what browsers on those origins may send and read.
-CORS_METHODS = ("GET", "POST")
-CORS_REQUEST_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
-CORS_EXPOSED_HEADERS = ("X-Request-ID", "X-Seed", "Retry-After")
 
 
 def _digest(key: str) -> bytes:
@@ -64,3 +62,18 @@ class ApiKeyAuth:
         for digest in self.digests:  # no early exit: every key costs the same
             matched |= hmac.compare_digest(presented, digest)
         return matched
+
+
+def add_access_control(app: Starlette, keys: list[SecretStr], origins: list[str]) -> None:
+    """The key check when there are keys, and CORS around it when there are origins
+    (outside: preflights carry no key); neither when unset."""
+    if keys:
+        app.add_middleware(ApiKeyAuth, keys=keys)
+    if origins:  # what browsers on those origins may send and read
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=("GET", "POST"),
+            allow_headers=("Authorization", "Content-Type", "X-Request-ID"),
+            expose_headers=("X-Request-ID", "X-Seed", "Retry-After"),
+        )

@@ -7,10 +7,10 @@ the lifespan starts (service/lifespan.py), never at import.
 from __future__ import annotations
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 
 from model import Checkpoint
-from service import __version__, auth
+from service import __version__
+from service.auth import add_access_control
 from service.errors import install_error_handlers
 from service.lifespan import model_lifespan
 from service.limits import BodySizeLimit, RequestGuard
@@ -21,20 +21,11 @@ from service.settings import Settings, get_settings
 
 
 def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    """Innermost first: body size, time limit, API keys, CORS, then ids and metrics
+    """Innermost first: body size, time limit, API keys and CORS, then ids and metrics
     around everything, so that refusals by the others are counted and logged too."""
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestGuard, timeout_s=settings.request_timeout_s)
-    if settings.api_keys:
-        app.add_middleware(auth.ApiKeyAuth, keys=settings.api_keys)
-    if settings.cors_origins:  # outside the key check: preflights carry no key
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=auth.CORS_METHODS,
-            allow_headers=auth.CORS_REQUEST_HEADERS,
-            expose_headers=auth.CORS_EXPOSED_HEADERS,
-        )
+    add_access_control(app, settings.api_keys, settings.cors_origins)
     app.add_middleware(RequestObservability, metrics=metrics, access_log=settings.access_log)
 
 
