@@ -27,6 +27,7 @@ import torch
 from benchmarks import servers, workloads
 from benchmarks.load import Load, drive, have_wrk
 from model import load_weights
+from service.runtime import torch_threads
 
 SINGLE_CONCURRENCY = (1, 8, 32, 64)
 PEERS = ("litserve", "naive")
@@ -54,7 +55,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--soak", type=int, default=100_000, help="requests in the memory soak")
     parser.add_argument("--batch-concurrency", type=int, default=4)
     parser.add_argument(
-        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads in every server"
+        "--threads",
+        type=int,
+        default=torch_threads(0),
+        help="torch threads in every server and in-process (default: the service's own choice)",
     )
     parser.add_argument("--peers", default=",".join(PEERS), help="peers to compare, or ''")
     parser.add_argument("--write", type=Path, help="also write the report to this Markdown file")
@@ -64,8 +68,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def measure_in_process(all_work: list[workloads.Workload], seconds: float) -> dict[str, float]:
-    torch.set_num_threads(os.cpu_count() or 1)
+def measure_in_process(
+    all_work: list[workloads.Workload], seconds: float, threads: int
+) -> dict[str, float]:
+    torch.set_num_threads(threads)
     rates = {w.name: workloads.images_per_second(w, seconds) for w in all_work}
     print(f"in-process ({torch.get_num_threads()} threads): {rates}", file=sys.stderr)
     return rates
@@ -196,7 +202,7 @@ def machine() -> str:
 def collect(args: argparse.Namespace) -> tuple[list[Row], str, Soak | None]:
     weights, described = servers.weights_or_random(args.weights)
     all_work = workloads.build(load_weights(weights).model)
-    in_process = measure_in_process(all_work, args.seconds)
+    in_process = measure_in_process(all_work, args.seconds, args.threads)
     by_server, memory = {}, None
     for name in ("ours", *[p for p in args.peers.split(",") if p]):
         by_server[name], soaked = run_server(name, weights, all_work, args)
@@ -250,8 +256,8 @@ def report(
     return "\n\n".join(
         [
             f"Machine: {machine()}. 1-minute load average when the run started: {load:.2f}.",
-            f"Weights: {weights}. Torch threads per server: {args.threads}; in-process: "
-            f"{os.cpu_count()}. Each figure: {args.seconds:.0f} s of load after a 1 s warm-up.",
+            f"Weights: {weights}. Torch threads, in every server and in-process: {args.threads}."
+            f" Each figure: {args.seconds:.0f} s of load after a 1 s warm-up.",
             table(rows),
             memory.describe() if memory else "No memory soak (--soak 0).",
             "Targets (issue 5), from the figures above:",

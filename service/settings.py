@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=0,
         ge=0,
-        description="Torch intra-op threads for the model; 0: one per core.",
+        description="Torch intra-op threads for the model; 0: one per core, less one.",
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32",
