@@ -237,8 +237,6 @@ def run(args: argparse.Namespace) -> Path:
         data = Dataset(
             data.name, data.train.subset(args.limit_train), data.test.subset(args.limit_test)
         )
-        if args.prior_components > len(data.train):  # refused now, not after training
-            raise ValueError(f"--prior-components exceeds the {len(data.train)} training images")
         cfg = VAEConfig(
             image_size=args.image_size,
             channels=args.channels,
@@ -248,6 +246,8 @@ def run(args: argparse.Namespace) -> Path:
             likelihood=args.likelihood,
         )
         model = VAE(cfg).to(device)
+        if args.prior_components > len(data.train):  # refused now, not after training
+            raise ValueError(f"--prior-components exceeds the {len(data.train)} training images")
         steps = len(epoch_batches(len(data.train), args.batch_size, args.seed, 0, ctx))
         trainer = Trainer(args, model, device, ctx, steps)
         history = fit(trainer, data, args.out)
