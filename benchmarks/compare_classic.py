@@ -19,11 +19,11 @@ import torch
 from model import distributed as D
 from model import train
 from model.classic import CLASSIC_HIDDEN, CLASSIC_LATENT, ClassicVAE
+from model.cli import one_line_errors
 from model.config import VAEConfig
-from model.data import DataError, Dataset, load_dataset
+from model.data import Dataset, load_dataset
 from model.metrics import evaluate_elbo, reconstruction_error
 from model.vae import VAE
-from model.weights import WeightsError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,15 +114,12 @@ def compare(args: argparse.Namespace) -> str:
     )
 
 
+@one_line_errors("compare_classic")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     train.positive_args(args, parser)
-    try:
-        print(compare(args))
-    except (DataError, WeightsError, ValueError) as exc:
-        print(f"compare_classic: error: {exc}", file=sys.stderr)
-        return 2
+    print(compare(args))
     return 0
 
 

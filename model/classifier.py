@@ -24,7 +24,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor, nn
 
-from model.data import DataError, Split, load_dataset
+from model.cli import one_line_errors
+from model.data import Split, load_dataset
 from model.distributed import resolve_device
 from model.pretrained import PRETRAINED_DIR
 from model.weights import WeightsError, write_atomic
@@ -192,17 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@one_line_errors("model.classifier")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or args.lr <= 0:
         parser.error("--epochs and --batch-size must be at least 1, --lr positive")
-    try:
-        args.device = resolve_device(args.device)
-        info = train(args)
-    except (DataError, ValueError, OSError) as exc:
-        print(f"model.classifier: error: {exc}", file=sys.stderr)
-        return 2
+    args.device = resolve_device(args.device)
+    info = train(args)
     print(f"wrote {args.out} (test accuracy {info['test_accuracy']:.4f})")
     return 0
 

@@ -28,11 +28,12 @@ import torch
 from torch import Tensor
 
 from model.classifier import DEFAULT_CLASSIFIER, load_classifier
-from model.data import DataError, load_dataset
+from model.cli import one_line_errors
+from model.data import load_dataset
 from model.distributed import resolve_device
 from model.metrics import active_units, evaluate_elbo, iwae_nll, reconstruction_error
 from model.quality import compare_priors, format_quality, save_prior_grids
-from model.weights import Checkpoint, WeightsError, load_weights
+from model.weights import Checkpoint, load_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,15 +136,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+@one_line_errors("vae-eval")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(args, parser)
-    try:
-        result = run(args)
-    except (WeightsError, DataError, ValueError, OSError) as exc:
-        print(f"vae-eval: error: {exc}", file=sys.stderr)
-        return 2
+    result = run(args)
     print(json.dumps(result, indent=2) if args.format == "json" else format_text(result))
     return 0
 

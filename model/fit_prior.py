@@ -12,11 +12,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from model.data import DataError, load_dataset
+from model.cli import one_line_errors
+from model.data import load_dataset
 from model.distributed import resolve_device
 from model.prior import COVARIANCE_TYPES, FittedPrior, attach_prior, fit_to_images
 from model.vae import VAE
-from model.weights import WeightsError, load_weights
+from model.weights import load_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,17 +74,14 @@ def prior_after_training(
     return prior
 
 
+@one_line_errors("vae-fit-prior")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.components < 1 or (args.limit_train is not None and args.limit_train < 1):
         parser.error("--components and --limit-train must be at least 1")
     began = time.perf_counter()
-    try:
-        prior = fit_file(args)
-    except (DataError, WeightsError, ValueError, OSError) as exc:
-        print(f"vae-fit-prior: error: {exc}", file=sys.stderr)
-        return 2
+    prior = fit_file(args)
     summary = prior.describe() | {
         "out": str(args.out or args.weights),
         "seconds": round(time.perf_counter() - began, 1),

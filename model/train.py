@@ -22,14 +22,15 @@ from tqdm import tqdm
 
 from model import distributed as D
 from model.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from model.cli import one_line_errors
 from model.config import LIKELIHOODS, VAEConfig
-from model.data import DataError, Dataset, load_dataset
+from model.data import Dataset, load_dataset
 from model.fit_prior import prior_after_training
 from model.loss import elbo_terms, kl_weight
 from model.metrics import evaluate_elbo
 from model.prior import COVARIANCE_TYPES, FittedPrior
 from model.vae import VAE
-from model.weights import WeightsError, save_weights
+from model.weights import save_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -284,15 +285,12 @@ def finish(
     print(f"wrote {out} and {report_dir}/", flush=True)
 
 
+@one_line_errors("vae-train")
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     positive_args(args, parser)
-    try:
-        run(args)
-    except (DataError, WeightsError, ValueError) as exc:
-        print(f"vae-train: error: {exc}", file=sys.stderr)
-        return 2
+    run(args)
     return 0
 
 
