@@ -34,17 +34,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def conv_config(args: argparse.Namespace) -> VAEConfig:
-    return VAEConfig(
-        image_size=args.image_size,
-        channels=args.channels,
-        latent_dim=args.latent_dim,
-        widths=args.widths,
-        hidden_dim=args.hidden_dim,
-        likelihood=args.likelihood,
-    )
-
-
 def classic_config(args: argparse.Namespace) -> VAEConfig:
     return VAEConfig(
         image_size=args.image_size,
@@ -93,7 +82,7 @@ def candidates(args: argparse.Namespace) -> list[tuple[str, type[VAE], VAEConfig
     classic = f"classic MLP {CLASSIC_HIDDEN}-{CLASSIC_LATENT}"
     return [
         (classic, ClassicVAE, classic_config(args), "classic"),
-        (conv, VAE, conv_config(args), "conv"),
+        (conv, VAE, train.model_config(args), "conv"),
     ]
 
 

@@ -229,6 +229,18 @@ def training_metadata(
     return {"data": data.describe(), "training": summary}
 
 
+def model_config(args: argparse.Namespace) -> VAEConfig:
+    """The VAE's shape, from the command line."""
+    return VAEConfig(
+        image_size=args.image_size,
+        channels=args.channels,
+        latent_dim=args.latent_dim,
+        widths=args.widths,
+        hidden_dim=args.hidden_dim,
+        likelihood=args.likelihood,
+    )
+
+
 def run(args: argparse.Namespace) -> Path:
     torch.manual_seed(args.seed)
     device = D.resolve_device(args.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -238,15 +250,7 @@ def run(args: argparse.Namespace) -> Path:
         data = Dataset(
             data.name, data.train.subset(args.limit_train), data.test.subset(args.limit_test)
         )
-        cfg = VAEConfig(
-            image_size=args.image_size,
-            channels=args.channels,
-            latent_dim=args.latent_dim,
-            widths=args.widths,
-            hidden_dim=args.hidden_dim,
-            likelihood=args.likelihood,
-        )
-        model = VAE(cfg).to(device)
+        model = VAE(model_config(args)).to(device)
         if args.prior_components > len(data.train):  # refused now, not after training
             raise ValueError(f"--prior-components exceeds the {len(data.train)} training images")
         steps = len(epoch_batches(len(data.train), args.batch_size, args.seed, 0, ctx))
