@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import httpx
 import pytest
@@ -126,16 +127,25 @@ def post_decode(client: httpx.AsyncClient, first: float) -> asyncio.Task[httpx.R
     return asyncio.create_task(client.post("/decode", json={"z": [[first, 0, 0, 0]]}))
 
 
-@pytest.mark.anyio
-async def test_timeout_is_504_and_queued_work_is_dropped(
-    held_app: tuple[FastAPI, FakeGpu],
-) -> None:
-    app, fake = held_app
+@asynccontextmanager
+async def model_held(
+    app: FastAPI, fake: FakeGpu
+) -> AsyncIterator[tuple[httpx.AsyncClient, asyncio.Task[httpx.Response]]]:
+    """A client, and its decode of z[0] = 1.0 that the model holds until ``fake.release``."""
     fake.release.clear()
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         running = post_decode(client, 1.0)
         await asyncio.to_thread(fake.started.wait, 5)
+        yield client, running
+
+
+@pytest.mark.anyio
+async def test_timeout_is_504_and_queued_work_is_dropped(
+    held_app: tuple[FastAPI, FakeGpu],
+) -> None:
+    app, fake = held_app
+    async with model_held(app, fake) as (client, running):
         queued = post_decode(client, 2.0)  # waits behind the held batch
         for reply in await asyncio.gather(running, queued):
             assert reply.status_code == 504
@@ -156,11 +166,7 @@ async def test_client_that_disconnects_leaves_nothing_behind(
     held_app: tuple[FastAPI, FakeGpu], method: str, path: str, body: bytes
 ) -> None:
     app, fake = held_app
-    fake.release.clear()
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-        running = post_decode(client, 1.0)
-        await asyncio.to_thread(fake.started.wait, 5)
+    async with model_held(app, fake) as (client, running):
         left = asyncio.Event()
         sent: list[Message] = []
         messages = [{"type": "http.request", "body": body, "more_body": False}]
