@@ -12,9 +12,10 @@
 
 # --- requirements: the dependency list alone, so that editing pyproject.toml's other
 # fields (version, scripts, tool settings) keeps the cached dependency layer below.
+# constraints.txt (scripts/lock.sh) pins every version, so builds are reproducible.
 FROM python:3.11-slim AS requirements
 WORKDIR /src
-COPY pyproject.toml .
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib, pathlib; \
 deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
 pathlib.Path('requirements.txt').write_text('\n'.join(deps) + '\n')"
@@ -25,11 +26,11 @@ ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-COPY --from=requirements /src/requirements.txt /tmp/requirements.txt
+COPY --from=requirements /src/requirements.txt /src/constraints.txt /tmp/
 # torch is named with the other requirements so pip resolves them together; among
 # equal versions it prefers the index's local build (2.13.0+cpu) over PyPI's CUDA one.
 RUN pip install ${TORCH_INDEX:+--extra-index-url=$TORCH_INDEX} "$TORCH_SPEC" \
-        -r /tmp/requirements.txt
+        -r /tmp/requirements.txt -c /tmp/constraints.txt
 # torch's wheel carries C++ headers, test binaries and a protoc: nothing at run time uses
 # them, and with no compiler in the image the headers could not be used either.
 RUN torch_dir=$(python -c "import importlib.util as u; print(u.find_spec('torch').submodule_search_locations[0])") \

@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine: installs what it needs, then runs pytest.
-# torch is pinned to the CPU build that this machine's pip finds locally; an unpinned
-# torch would pull a multi-GB CUDA build.
+# The whole test suite, in a brand-new virtual environment that holds only what
+# pyproject.toml declares, at the versions constraints.txt locks: a package installed
+# by hand elsewhere on the machine cannot make it pass. Arguments go to pytest.
+# VAE_VENV=DIR reuses (or creates) that environment instead, for quicker reruns.
+# torch is pinned to the CPU build; an unpinned torch would pull a multi-GB CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q torch==2.13.0 -e '.[dev]'
+if [ -z "${VAE_VENV:-}" ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  VAE_VENV="$tmp/venv"
+fi
+[ -x "$VAE_VENV/bin/python" ] || python3 -m venv "$VAE_VENV"
+"$VAE_VENV/bin/python" -m pip install -q -c constraints.txt torch==2.13.0 -e '.[dev]'
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
   echo "installing Debian's dataset-fashion-mnist (the tests train on small subsets of it)"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null
 fi
-python3 -m pytest "$@"
+"$VAE_VENV/bin/python" -m pytest "$@"
