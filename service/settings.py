@@ -24,7 +24,9 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 class Settings(BaseSettings):
     """Everything the service can be told at start-up."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True)
+    # An empty variable means "not set": compose passes every VAE_* variable through,
+    # empty where the user set none, and each then keeps its default.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, env_ignore_empty=True)
 
     weights: Path = Field(
         default=DEFAULT_WEIGHTS,
@@ -85,7 +87,10 @@ class Settings(BaseSettings):
     torch_threads: int = Field(
         default=0,
         ge=0,
-        description="Torch intra-op threads for the model; 0: one per core, less one.",
+        description=(
+            "Torch intra-op threads for the model; 0: one per usable CPU (CPU affinity "
+            "and the cgroup CPU quota), less one."
+        ),
     )
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         default="fp32",
@@ -116,6 +121,16 @@ class Settings(BaseSettings):
         description=(
             "On SIGTERM, how long vae-serve waits for requests in flight before it "
             "cancels them; longer than the request timeout, so none is cut short."
+        ),
+    )
+    keep_alive_s: int = Field(
+        default=75,
+        gt=0,
+        description=(
+            "How long an idle keep-alive connection stays open. Longer than the idle "
+            "timeout of every client and proxy in front (httpx 5 s, nginx and AWS ALB "
+            "60 s), so that they, not the server, close idle connections: a request "
+            "sent as the server closes its connection fails (ReadError)."
         ),
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(

@@ -172,6 +172,25 @@ def test_root_filesystem_is_read_only_except_tmp(stack: Stack) -> None:
         stack.compose("exec", "-T", "api", "touch", "/opt/venv/scratch")
 
 
+def test_api_keys_from_an_env_file_protect_the_api(stack: Stack, tmp_path: Path) -> None:
+    """A setting written into an .env file reaches the container (docker-compose.yml
+    passes every VAE_* variable); then back to the open API for the tests after."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("VAE_API_KEYS=env-file-key-1,env-file-key-2\n")
+    up = ("up", "-d", "--wait", "--wait-timeout", "240", "api")
+    stack.compose("--env-file", str(env_file), *up)
+    try:
+        with stack.client() as http:
+            assert http.get("/model").status_code == 401
+            keyed = http.get("/model", headers={"Authorization": "Bearer env-file-key-2"})
+            assert keyed.status_code == 200, keyed.text
+            assert http.get("/readyz").status_code == 200  # probes need no key
+    finally:
+        stack.compose(*up)
+    with stack.client() as http:
+        assert http.get("/model").status_code == 200
+
+
 def test_api_serves_weights_trained_in_the_train_container(stack: Stack) -> None:
     with stack.client() as http:
         bundled = http.get("/model").json()["sha256"]
