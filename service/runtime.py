@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from model import VAE, Checkpoint, VAEConfig, load_weights
 from model.distributed import resolve_device
 from model.prior import FittedPrior
 from service.batcher import Batcher, Operation, Outputs
+from service.cpus import usable_cpus
 
 logger = logging.getLogger("service")
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -80,11 +80,12 @@ def line_between(start: Tensor, end: Tensor, steps: int) -> Tensor:
 
 
 def torch_threads(requested: int) -> int:
-    """0 means one per core this process may use, less one for the event loop (which
+    """0 means one per CPU this process may use (affinity and cgroup quota, see
+    service/cpus.py), less one for the event loop (which
     parses requests and decodes images while the model runs). Measured on 2 busy cores:
     two threads made torch's thread team wait on each other's time slices, 12 images/s
     one at a time against 800 with one thread (385 against 2,700 in batches of 64)."""
-    return requested or max(1, len(os.sched_getaffinity(0)) - 1)
+    return requested or max(1, usable_cpus() - 1)
 
 
 def run_guarded(
