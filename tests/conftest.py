@@ -35,20 +35,35 @@ def tiny_config() -> VAEConfig:
     return TINY
 
 
-@pytest.fixture
-def tiny_model(tiny_config: VAEConfig) -> VAE:
+def make_tiny_model() -> VAE:
     torch.manual_seed(0)
-    return VAE(tiny_config).eval()
+    return VAE(TINY).eval()
 
 
-@pytest.fixture
-def tiny_weights(tmp_path: Path, tiny_model: VAE) -> Path:
+def save_tiny_weights(folder: Path, model: VAE) -> Path:
     """A randomly initialised, self-describing weights file."""
     meta = {
         "data": {"name": "synthetic", "shape": [1, 28, 28]},
         "training": {"epochs": 0, "note": "random init for tests"},
     }
-    return save_weights(tmp_path / "tiny.safetensors", tiny_model, meta)
+    return save_weights(folder / "tiny.safetensors", model, meta)
+
+
+@pytest.fixture
+def tiny_model(tiny_config: VAEConfig) -> VAE:
+    return make_tiny_model()
+
+
+@pytest.fixture
+def tiny_weights(tmp_path: Path, tiny_model: VAE) -> Path:
+    """The tiny weights in this test's own folder: a test may change or break them."""
+    return save_tiny_weights(tmp_path, tiny_model)
+
+
+@pytest.fixture(scope="session")
+def served_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny weights, shared by every test's app: never written to."""
+    return save_tiny_weights(tmp_path_factory.mktemp("served"), make_tiny_model())
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -75,24 +90,37 @@ def idx_dir(tmp_path: Path) -> Path:
     return directory
 
 
-@pytest.fixture
-def api_settings(tiny_weights: Path) -> Settings:
-    """Service settings serving the tiny weights on the CPU, with small limits to hit."""
+def settings_for(weights: Path) -> Settings:
+    """Service settings serving ``weights`` on the CPU, with small limits to hit, and
+    small batches so that start-up warms up only eight batch sizes."""
     return Settings(
-        weights=tiny_weights,
+        weights=weights,
         device="cpu",
         max_body_bytes=256 * 1024,
         max_images_per_request=8,
         max_pixels_per_image=512 * 512,
         max_sample_n=32,
         max_interpolation_steps=16,
+        max_batch_size=8,
     )
 
 
+@pytest.fixture(scope="session")
+def served_settings(served_weights: Path) -> Settings:
+    return settings_for(served_weights)
+
+
 @pytest.fixture
-def client(api_settings: Settings) -> Iterator[TestClient]:
-    """A client of the app through its real lifespan (weights loaded and warmed up)."""
-    with TestClient(create_app(api_settings), raise_server_exceptions=False) as test_client:
+def api_settings(served_settings: Settings) -> Settings:
+    return served_settings
+
+
+@pytest.fixture(scope="module")
+def client(served_settings: Settings) -> Iterator[TestClient]:
+    """A client of the app through its real lifespan (weights loaded and warmed up),
+    shared by a test module's tests; a test that changes its app's settings or state
+    builds its own from ``api_settings``."""
+    with TestClient(create_app(served_settings), raise_server_exceptions=False) as test_client:
         yield test_client
 
 

@@ -85,10 +85,10 @@ def test_model_endpoints_are_503_until_loaded(api_settings: Settings) -> None:
     assert client.get("/model").status_code == 503
 
 
-def test_model_describes_the_served_weights(client: TestClient, tiny_weights: Path) -> None:
+def test_model_describes_the_served_weights(client: TestClient, served_weights: Path) -> None:
     info = client.get("/model").json()
-    assert info["sha256"] == hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
-    assert info["weights"] == tiny_weights.name
+    assert info["sha256"] == hashlib.sha256(served_weights.read_bytes()).hexdigest()
+    assert info["weights"] == served_weights.name
     assert (info["latent_dim"], info["image_size"], info["channels"]) == (4, 28, 1)
     assert info["device"] == "cpu" and info["format_version"] == 1
     assert info["config"]["widths"] == [4, 8]

@@ -17,10 +17,10 @@ Z = {"z": [[0.1, 0.2, 0.3, 0.4]]}
 ORIGIN = "https://app.example.com"
 
 
-@pytest.fixture
-def locked(api_settings: Settings) -> Iterator[TestClient]:
+@pytest.fixture(scope="module")
+def locked(served_settings: Settings) -> Iterator[TestClient]:
     """The app with two API keys."""
-    settings = api_settings.model_copy(update={"api_keys": Settings(api_keys=KEYS).api_keys})
+    settings = served_settings.model_copy(update={"api_keys": Settings(api_keys=KEYS).api_keys})
     with TestClient(create_app(settings), raise_server_exceptions=False) as client:
         yield client
 

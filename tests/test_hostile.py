@@ -27,13 +27,9 @@ from service.settings import Settings
 Z_OK = [0.1, -0.2, 0.3, 0.4]
 
 
-@pytest.fixture
-def hostile_settings(api_settings: Settings) -> Settings:
-    return api_settings.model_copy(update={"max_pixels_per_image": 25_000_000})
-
-
-@pytest.fixture
-def client(hostile_settings: Settings) -> Iterator[TestClient]:
+@pytest.fixture(scope="module")
+def client(served_settings: Settings) -> Iterator[TestClient]:
+    hostile_settings = served_settings.model_copy(update={"max_pixels_per_image": 25_000_000})
     with TestClient(create_app(hostile_settings), raise_server_exceptions=False) as test_client:
         yield test_client
 

@@ -61,11 +61,11 @@ def test_metrics_move_as_requests_are_served(
     assert value(after, "vae_http_requests_total", endpoint="/metrics", method="GET", status="200")
 
 
-def test_model_identity_load_time_and_queue(client: TestClient, tiny_weights: Path) -> None:
+def test_model_identity_load_time_and_queue(client: TestClient, served_weights: Path) -> None:
     samples = scrape(client)
     info = next(dict(labels) for (name, labels) in samples if name == "vae_model_info")
-    assert info["sha256"] == hashlib.sha256(tiny_weights.read_bytes()).hexdigest()
-    assert info["name"] == tiny_weights.name and info["device"] == "cpu"
+    assert info["sha256"] == hashlib.sha256(served_weights.read_bytes()).hexdigest()
+    assert info["name"] == served_weights.name and info["device"] == "cpu"
     assert value(samples, "vae_model_load_seconds") > 0
     assert value(samples, "vae_model_warmup_seconds") > 0
     assert ("vae_queue_rows", frozenset()) in samples
