@@ -2,7 +2,7 @@
 #
 #   docker build --network=host -t vae-service .
 #
-# Build arguments choose the torch build (see README "Deploy with Docker"):
+# Build arguments choose the torch build (see docs/deploy.md):
 #   TORCH_SPEC   pip requirement for torch                 (default: torch==2.13.0)
 #   TORCH_INDEX  extra package index that provides it      (default: PyTorch's CPU index)
 # CPU image: the defaults. CUDA image: TORCH_INDEX=https://download.pytorch.org/whl/cu126

@@ -227,7 +227,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.skipif(
     not DEFAULT_WEIGHTS.exists(),
-    reason=f"{DEFAULT_WEIGHTS} is not trained yet (README: Default weights)",
+    reason=f"{DEFAULT_WEIGHTS} is not trained yet (docs/training.md: default weights)",
 )
 def test_default_weights_reconstruct_fashion_mnist() -> None:
     test_images = load_idx_split(IDX_DIRS["fashion-mnist"], "test").images[:256]

@@ -3,5 +3,5 @@
 from pathlib import Path
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
-# Trained on the full Fashion-MNIST training set; README "Default weights" says how to reproduce.
+# Trained on the full Fashion-MNIST training set; docs/training.md says how to reproduce.
 DEFAULT_WEIGHTS = PRETRAINED_DIR / "fashion-mnist.safetensors"
