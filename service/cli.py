@@ -4,11 +4,13 @@ Every setting is a flag that overrides its ``VAE_*`` environment variable. Weigh
 that cannot be used stop the process with one line and exit status 1, before it
 listens. SIGTERM (or Ctrl-C) is a graceful shutdown: stop accepting, answer every
 request in flight (for up to ``graceful_shutdown_s``), drain the batcher, exit 0.
+Everything it logs, uvicorn's own lines included, is one JSON object per line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import time
@@ -20,6 +22,7 @@ from pydantic import ValidationError
 
 from model import WeightsError
 from service.main import create_app
+from service.observability import server_log_config
 from service.runtime import DeviceError, load_checkpoint
 from service.settings import Settings, env_name
 
@@ -83,13 +86,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     # handlers that is a no-op, so a graceful shutdown exits 0, not 143.
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda signum, frame: None)
+    logging.captureWarnings(True)  # as JSON lines too, through "py.warnings"
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
+        log_config=server_log_config(settings.log_level),
         log_level=settings.log_level,
         access_log=False,  # the service writes its own JSON line per request
         timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        # Clients and proxies must close idle connections, not the server: with both
+        # at 5 s (uvicorn's and httpx's defaults) a client reused a connection the
+        # server was closing, and the request failed (ReadError).
+        timeout_keep_alive=settings.keep_alive_s,
     )
 
 

@@ -209,6 +209,22 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
+def server_log_config(level: str) -> dict[str, Any]:
+    """uvicorn's ``log_config`` for vae-serve: uvicorn's own loggers (``uvicorn``,
+    ``uvicorn.error``, ``uvicorn.access``), the service's and Python warnings
+    (``py.warnings``) all write the same JSON lines to stderr, so a log shipper sees
+    one format from start-up to shutdown."""
+    stderr = {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}
+    logger = {"handlers": ["stderr"], "level": level.upper(), "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": JsonFormatter}},
+        "handlers": {"stderr": stderr},
+        "loggers": {name: dict(logger) for name in ("service", "uvicorn", "py.warnings")},
+    }
+
+
 def configure_logging(level: str) -> None:
     """JSON lines on stderr for the ``service`` loggers (requests included)."""
     root = logging.getLogger("service")
