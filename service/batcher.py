@@ -13,7 +13,10 @@ forward pass on ONE dedicated worker thread, so the event loop never blocks on t
 - a forward pass that runs out of GPU memory is retried in halves, down to one row,
   whose OOM is ``ModelOutOfMemory`` (503); the service keeps running;
 - cancelled requests (the client went away, or timed out) are dropped before they are run;
-- ``close()`` stops new work and answers everything already queued.
+- ``close()`` stops new work and answers everything already queued;
+- ``on_worker(fn)`` runs ``fn`` on the worker thread itself, between batches: CPU kernels
+  are cached per thread, and the first pass of a shape on a new thread can differ from
+  later ones in the last bit, so warming up elsewhere would break "same seed, same bytes".
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -130,6 +134,7 @@ class Batcher:
         self._queued_rows = dict.fromkeys(operations, 0)
         self._cond = threading.Condition()
         self._closing = False
+        self._calls: deque[tuple[Callable[[], None], _Job]] = deque()
         # Counters for metrics and tests: forward passes run, and rows they carried.
         self.batches_run = 0
         self.rows_run = 0
@@ -157,6 +162,18 @@ class Batcher:
             self._admit(len(rows))
             self._queues[op].extend(_Chunk(job, i, c, now) for i, c in enumerate(chunks))
             self._queued_rows[op] += len(rows)
+            self._cond.notify()
+        return job.future
+
+    def on_worker(self, fn: Callable[[], None]) -> asyncio.Future[Outputs]:
+        """Run ``fn`` on the worker thread before the next batch; the future gives ``()``
+        or ``fn``'s exception."""
+        loop = asyncio.get_running_loop()
+        job = _Job(loop.create_future(), loop, pending=1)
+        with self._cond:
+            if self._closing:
+                raise BatcherClosed("the service is shutting down")
+            self._calls.append((fn, job))
             self._cond.notify()
         return job.future
 
@@ -190,13 +207,25 @@ class Batcher:
 
     def _run(self) -> None:
         with torch.inference_mode():
-            while (batch := self._next_batch()) is not None:
-                self._execute(*batch)
+            while (work := self._next_work()) is not None:
+                work()
 
-    def _next_batch(self) -> tuple[str, list[_Chunk]] | None:
-        """Block until one operation's batch is due; None once closed and drained."""
+    def _call(self, fn: Callable[[], None], job: _Job) -> None:
+        try:
+            fn()
+            answer: Outputs | BaseException = ()
+        except Exception as exc:
+            answer = exc
+        if job.record(0, answer):
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits
+                job.loop.call_soon_threadsafe(job.settle)
+
+    def _next_work(self) -> Callable[[], None] | None:
+        """Block until a call or one operation's batch is due; None once closed and drained."""
         with self._cond:
             while True:
+                if self._calls:
+                    return partial(self._call, *self._calls.popleft())
                 op = self._oldest_op()
                 if op is None:
                     if self._closing:
@@ -206,7 +235,7 @@ class Batcher:
                 wait = self._queues[op][0].queued_at + self.max_delay_s - time.monotonic()
                 full = self._queued_rows[op] >= self.max_batch_size
                 if full or wait <= 0 or self._closing:
-                    return op, self._take(op)
+                    return partial(self._execute, op, self._take(op))
                 self._cond.wait(wait)
 
     def _oldest_op(self) -> str | None:

@@ -9,7 +9,6 @@ runs twice at once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -146,7 +145,7 @@ class ModelRuntime:
         are built and cached per input shape, so without this no request would pay the
         build, but resident memory would grow by ~190 MB over the first minute of traffic."""
         started = time.perf_counter()
-        await asyncio.to_thread(self._warm_up)
+        await self.batcher.on_worker(self._warm_up)
         self.ready = True
         logger.info(
             "model ready: %s on %s, warm-up %.0f ms",
@@ -156,12 +155,12 @@ class ModelRuntime:
         )
 
     def _warm_up(self) -> None:
-        # Straight through the batch functions, not the queue: a lone queued request
-        # waits out the batching delay, which was most of the warm-up's time.
-        with torch.inference_mode():
-            for n in range(1, self.batcher.max_batch_size + 1):
-                mean, _ = self._encode_batch(torch.zeros((n, *self.config.image_shape)))
-                self._decode_batch(mean)
+        # On the batcher's own thread (its kernel caches are per thread) and straight
+        # through the batch functions, not the queue: a lone queued request waits out
+        # the batching delay, which was most of the warm-up's time.
+        for n in range(1, self.batcher.max_batch_size + 1):
+            mean, _ = self._encode_batch(torch.zeros((n, *self.config.image_shape)))
+            self._decode_batch(mean)
 
     async def aclose(self) -> None:
         """Stop taking work and answer every request already queued."""

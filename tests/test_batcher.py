@@ -251,3 +251,24 @@ def test_wait_starts_at_the_first_queued_request(
     waited = asyncio.run(main())
     assert 0.39 <= waited < 0.55, waited
     assert [len(b) for b in decode.batches] == [3], "both requests belong in one batch"
+
+
+def test_on_worker_runs_on_the_batch_thread_and_reports_errors(make_batcher: MakeBatcher) -> None:
+    batcher = make_batcher(max_delay_s=0)
+    threads: list[str] = []
+
+    def broken() -> None:
+        raise ValueError("warm-up failed")
+
+    async def main() -> None:
+        await batcher.submit("decode", torch.zeros(1, 4))
+        done = await batcher.on_worker(lambda: threads.append(threading.current_thread().name))
+        assert done == ()
+        with pytest.raises(ValueError, match="warm-up failed"):
+            await batcher.on_worker(broken)
+        await batcher.aclose()
+        with pytest.raises(BatcherClosed):
+            batcher.on_worker(lambda: None)
+
+    asyncio.run(main())
+    assert threads == ["vae-batcher"]  # the thread that runs the batches
