@@ -15,6 +15,7 @@ from service.errors import install_error_handlers
 from service.lifespan import model_lifespan
 from service.limits import BodySizeLimit, RequestGuard
 from service.observability import Metrics, RequestObservability
+from service.openapi import install_live_openapi
 from service.routes import ROUTERS
 from service.schemas import API_DESCRIPTION
 from service.settings import Settings, get_settings
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None, checkpoint: Checkpoint | None =
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    install_live_openapi(app)  # the limits in /openapi.json are the settings' and the model's
     return app
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # A 28 x 28 grey PNG (a light bar on black), base64-encoded: a valid example input.
 EXAMPLE_PNG = (
@@ -13,10 +13,43 @@ EXAMPLE_PNG = (
     "AKcsASBLq2xRAAAAAElFTkSuQmCC"
 )
 EXAMPLE_Z = [0.12, -1.3, 0.57, 0.0]
-# The bound on |value| is a setting (VAE_MAX_ABS_LATENT), checked in routes/bodies.py.
-LatentValue = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-Latent = Annotated[list[LatentValue], Field(min_length=1, description="latent_dim floats")]
-Base64Image = Annotated[str, Field(description="An image file (PNG, JPEG, ...), base64-encoded")]
+# Standard base64 with its padding, as routes/bodies.py checks it (no whitespace).
+BASE64_PATTERN = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
+LIVE = "x-live"
+
+
+def live(**keywords: str) -> dict[str, Any]:
+    """A mark for service/openapi.py: set each JSON Schema keyword to the live value named
+    (a setting, or ``latent_dim`` and ``priors`` from the loaded model; ``-`` negates),
+    for limits that are only known once the app has its settings and weights."""
+    return {LIVE: keywords}
+
+
+# Each bound is a setting or the model's, checked in routes/bodies.py and filled into
+# the OpenAPI document by service/openapi.py.
+LatentValue = Annotated[
+    float,
+    Field(
+        strict=True,
+        allow_inf_nan=False,
+        json_schema_extra=live(minimum="-max_abs_latent", maximum="max_abs_latent"),
+    ),
+]
+Latent = Annotated[
+    list[LatentValue],
+    Field(
+        min_length=1,
+        description="latent_dim floats",
+        json_schema_extra=live(minItems="latent_dim", maxItems="latent_dim"),
+    ),
+]
+Base64Image = Annotated[
+    str,
+    Field(
+        description="An image file (PNG, JPEG, ...), base64-encoded",
+        json_schema_extra={"pattern": f"^{BASE64_PATTERN}$", "contentEncoding": "base64"},
+    ),
+]
 
 
 class PriorName(StrEnum):
@@ -45,7 +78,11 @@ class EncodeFormat(StrEnum):
 
 
 class EncodeRequest(BaseModel):
-    images: list[Base64Image] = Field(min_length=1, examples=[[EXAMPLE_PNG]])
+    images: list[Base64Image] = Field(
+        min_length=1,
+        examples=[[EXAMPLE_PNG]],
+        json_schema_extra=live(maxItems="max_images_per_request"),
+    )
 
 
 class EncodeResponse(BaseModel):
@@ -65,7 +102,11 @@ class EncodeResponse(BaseModel):
 
 
 class DecodeRequest(BaseModel):
-    z: list[Latent] = Field(min_length=1, examples=[[EXAMPLE_Z]])
+    z: list[Latent] = Field(
+        min_length=1,
+        examples=[[EXAMPLE_Z]],
+        json_schema_extra=live(maxItems="max_images_per_request"),
+    )
 
 
 class DecodeResponse(BaseModel):
@@ -80,8 +121,19 @@ class SampleResponse(BaseModel):
     images: list[str] = Field(description="Base64 PNG files, in order", examples=[[EXAMPLE_PNG]])
 
 
+def _one_of_the_pair(schema: dict[str, Any]) -> None:
+    """What ``one_pair`` checks, for clients: one of the two is a list, the other null
+    or absent."""
+    schema["oneOf"] = [
+        {"required": [given], "properties": {given: {"type": "array"}, other: {"type": "null"}}}
+        for given, other in (("images", "z"), ("z", "images"))
+    ]
+
+
 class InterpolateRequest(BaseModel):
     """Exactly one of the two: two images or two latents."""
+
+    model_config = ConfigDict(json_schema_extra=_one_of_the_pair)
 
     images: list[Base64Image] | None = Field(
         None, min_length=2, max_length=2, examples=[[EXAMPLE_PNG, EXAMPLE_PNG]]
@@ -144,7 +196,8 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_MEANINGS = {
-    400: "Empty image, or a file no image decoder can read",
+    400: "Empty image, a file no image decoder can read, or a body that is no .npy file "
+    "(bytes a schema cannot tell from an image)",
     401: "VAE_API_KEYS is set and no valid 'Authorization: Bearer <key>' was sent",
     413: "Request body over VAE_MAX_BODY_BYTES",
     415: "Content type this endpoint does not take",
@@ -155,9 +208,13 @@ ERROR_MEANINGS = {
 }
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error statuses an endpoint can answer."""
-    return {code: {"model": ErrorResponse, "description": ERROR_MEANINGS[code]} for code in codes}
+def error_responses(
+    *codes: int, meanings: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error statuses an endpoint can answer; ``meanings``
+    replaces the usual description of a status where it means something else."""
+    meaning = {**ERROR_MEANINGS, **(meanings or {})}
+    return {code: {"model": ErrorResponse, "description": meaning[code]} for code in codes}
 
 
 PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
@@ -166,11 +223,21 @@ PNG_RESPONSE: dict[int | str, dict[str, Any]] = {
         "description": "JSON; with ?format=png one PNG; with ?format=npy a float32 N×H×W×C array",
     }
 }
-MULTIPART_IMAGES = {
-    "type": "object",
-    "properties": {"images": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-    "required": ["images"],
+NPY_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {"application/x-npy": {}},
+        "description": "JSON; with ?format=npy a float32 N×2×D array (N×3×D with ?sample=true)",
+    }
 }
+# How many images a body holds: 1 to VAE_MAX_IMAGES_PER_REQUEST, or the two of /interpolate.
+IMAGE_COUNT: dict[str, Any] = {"minItems": 1, **live(maxItems="max_images_per_request")}
+IMAGE_PAIR: dict[str, Any] = {"minItems": 2, "maxItems": 2}
+
+
+def multipart_images(count: dict[str, Any]) -> dict[str, Any]:
+    """A multipart body of ``count`` file parts named ``images``."""
+    files = {"type": "array", "items": {"type": "string", "format": "binary"}, **count}
+    return {"type": "object", "properties": {"images": files}, "required": ["images"]}
 
 
 NPY_BODY = {
@@ -181,11 +248,13 @@ NPY_BODY = {
 }
 
 
-def image_body(json_model: type[BaseModel], what: str, npy: bool = False) -> dict[str, Any]:
+def image_body(
+    json_model: type[BaseModel], what: str, npy: bool = False, count: dict[str, Any] = IMAGE_COUNT
+) -> dict[str, Any]:
     """openapi_extra for endpoints that read images from multipart or JSON bodies (and,
-    with ``npy``, from an application/x-npy array)."""
+    with ``npy``, from an application/x-npy array); ``count`` bounds the multipart parts."""
     content = {
-        "multipart/form-data": {"schema": MULTIPART_IMAGES},
+        "multipart/form-data": {"schema": multipart_images(count)},
         "application/json": {"schema": json_model.model_json_schema()},
     }
     if npy:
@@ -215,7 +284,8 @@ and `?format=npy` answers a float32 `.npy` array: images N×H×W×C from /decode
 /sample, /reconstruct and /interpolate; N×2×D (mean, logvar) from /encode, N×3×D with
 the draw z under `?sample=true` (its seed in `X-Seed`).
 
-**Errors** are JSON `{"detail": ...}`: 400 empty or undecodable image; 413 body over
+**Errors** are JSON `{"detail": ...}`: 400 empty or undecodable image (on /decode, a
+body that is not UTF-8 text); 413 body over
 `VAE_MAX_BODY_BYTES`; 415 wrong content type; 422 invalid values (latent length,
 NaN/inf/over `VAE_MAX_ABS_LATENT`, unknown `format`, bad base64, `prior=fitted` on
 weights without one) and counts over a
@@ -224,4 +294,10 @@ queue full, out of device memory or shutting down (with `Retry-After`); 504 slow
 `VAE_REQUEST_TIMEOUT_S`. With `VAE_API_KEYS` set, every endpoint but `/healthz` and
 `/readyz` answers 401 without `Authorization: Bearer <key>`. Unknown query parameters
 are ignored. Every answer carries `X-Request-ID` (yours, if you sent a short one).
+
+**Limits in this document** are the running server's: its settings and, once the model
+is loaded (`/readyz`), the model's (`z` rows of exactly `latent_dim` numbers, the priors
+the weights offer). A request this document allows is accepted, except for what no
+schema can say: bytes that are no image (400), an image over `VAE_MAX_PIXELS_PER_IMAGE`
+pixels (422), a body over `VAE_MAX_BODY_BYTES` (413).
 """

@@ -34,6 +34,8 @@ from service.routes.bodies import (
 )
 from service.runtime import ModelRuntime, draw_posterior
 from service.schemas import (
+    IMAGE_PAIR,
+    NPY_RESPONSE,
     PNG_RESPONSE,
     DecodeRequest,
     DecodeResponse,
@@ -47,6 +49,7 @@ from service.schemas import (
     SampleResponse,
     error_responses,
     image_body,
+    live,
 )
 
 router = APIRouter(tags=["model"])
@@ -54,6 +57,11 @@ JSON = "application/json"
 IMAGES_OR_ARRAY = "Images as multipart parts named 'images', JSON, or one .npy array"
 
 IMAGE_ERRORS = error_responses(400, 401, 413, 415, 422, 503, 504)
+# FastAPI reads /decode's body itself, and answers 400 for bytes that are not text
+# (invalid JSON text is a 422, as everywhere).
+DECODE_ERRORS = error_responses(
+    400, 401, 413, 415, 422, 503, 504, meanings={400: "A body that is not UTF-8 text"}
+)
 Seed = Annotated[
     int | None,
     Query(
@@ -106,7 +114,7 @@ async def reply_with_images(
     "/encode",
     response_model=EncodeResponse,
     response_model_exclude_none=True,
-    responses=IMAGE_ERRORS,
+    responses={**NPY_RESPONSE, **IMAGE_ERRORS},
     openapi_extra=image_body(EncodeRequest, IMAGES_OR_ARRAY, npy=True),
 )
 async def encode(
@@ -140,7 +148,7 @@ async def encode(
 @router.post(
     "/decode",
     response_model=DecodeResponse,
-    responses={**PNG_RESPONSE, **error_responses(401, 413, 415, 422, 503, 504)},
+    responses={**PNG_RESPONSE, **DECODE_ERRORS},
     dependencies=[Depends(require_json)],
 )
 async def decode(
@@ -190,14 +198,23 @@ async def interpolation_ends(request: Request, runtime: Runtime, settings: AppSe
     response_model=InterpolateResponse,
     responses={**PNG_RESPONSE, **IMAGE_ERRORS},
     openapi_extra=image_body(
-        InterpolateRequest, "Two images (multipart parts named 'images', or JSON), or two latents"
+        InterpolateRequest,
+        "Two images (multipart parts named 'images', or JSON), or two latents",
+        count=IMAGE_PAIR,
     ),
 )
 async def interpolate(
     request: Request,
     runtime: Runtime,
     settings: AppSettings,
-    steps: Annotated[int, Query(ge=2, description="Points on the line, both ends included")] = 8,
+    steps: Annotated[
+        int,
+        Query(
+            ge=2,
+            description="Points on the line, both ends included",
+            json_schema_extra=live(maximum="max_interpolation_steps"),
+        ),
+    ] = 8,
     fmt: Format = ImageFormat.json,
 ) -> BaseModel | Response:
     """Decoded points on the straight line between two latents: nearby latents decode to
@@ -222,7 +239,10 @@ async def interpolate(
 async def sample(
     runtime: Runtime,
     settings: AppSettings,
-    n: Annotated[int, Query(ge=1, description="How many images")] = 16,
+    n: Annotated[
+        int,
+        Query(ge=1, description="How many images", json_schema_extra=live(maximum="max_sample_n")),
+    ] = 16,
     seed: Seed = None,
     temperature: Annotated[
         float, Query(ge=0.0, le=10.0, allow_inf_nan=False, description="Prior std")
@@ -230,7 +250,10 @@ async def sample(
     fmt: Format = ImageFormat.json,
     prior: Annotated[
         PriorName | None,
-        Query(description="standard: N(0, I); fitted: the weights' mixture (the default if any)"),
+        Query(
+            description="standard: N(0, I); fitted: the weights' mixture (the default if any)",
+            json_schema_extra=live(enum="priors"),
+        ),
     ] = None,
 ) -> BaseModel | Response:
     """n latents from the prior, decoded: N(0, temperature^2 I), or the fitted mixture with

@@ -1,0 +1,162 @@
+"""The limits in /openapi.json are the running ones: the settings' (the tiny test
+settings: max_sample_n=32, max_interpolation_steps=16, max_images_per_request=8) and,
+once loaded, the model's (the tiny model's latent_dim is 4, and it has no fitted prior)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from types import SimpleNamespace
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from service.main import create_app
+from service.routes.bodies import is_base64
+from service.schemas import BASE64_PATTERN, LIVE
+from service.settings import Settings
+
+
+def parameter(spec: dict[str, Any], path: str, name: str) -> dict[str, Any]:
+    operation = next(iter(spec["paths"][path].values()))
+    schemas: dict[str, Any] = {p["name"]: p["schema"] for p in operation["parameters"]}
+    return schemas[name]
+
+
+def body(spec: dict[str, Any], path: str, media_type: str) -> dict[str, Any]:
+    schema: dict[str, Any] = spec["paths"][path]["post"]["requestBody"]["content"][media_type][
+        "schema"
+    ]
+    if "$ref" in schema:
+        return spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]  # type: ignore[no-any-return]
+    return schema
+
+
+def latent_rows(z: dict[str, Any]) -> dict[str, Any]:
+    """The schema of one row of ``z`` (a list, or null where optional)."""
+    listed = next(branch for branch in z.get("anyOf", [z]) if branch.get("type") == "array")
+    return listed["items"]  # type: ignore[no-any-return]
+
+
+def test_settings_limits_are_in_the_schema(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert parameter(spec, "/sample", "n") | {"minimum": 1, "maximum": 32} == parameter(
+        spec, "/sample", "n"
+    )
+    assert parameter(spec, "/interpolate", "steps")["maximum"] == 16
+    for path in ("/encode", "/reconstruct"):
+        files = body(spec, path, "multipart/form-data")
+        assert files["required"] == ["images"]
+        assert files["properties"]["images"]["minItems"] == 1
+        assert files["properties"]["images"]["maxItems"] == 8
+        images = body(spec, path, "application/json")["properties"]["images"]
+        assert (images["minItems"], images["maxItems"]) == (1, 8)
+        assert images["items"]["pattern"] == f"^{BASE64_PATTERN}$"
+    decode_z = body(spec, "/decode", "application/json")["properties"]["z"]
+    assert (decode_z["minItems"], decode_z["maxItems"]) == (1, 8)
+    value = latent_rows(decode_z)["items"]
+    assert (value["minimum"], value["maximum"]) == (-1e4, 1e4)
+
+
+def test_model_limits_are_in_the_schema(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    for z in (
+        body(spec, "/decode", "application/json")["properties"]["z"],
+        body(spec, "/interpolate", "application/json")["properties"]["z"],
+    ):
+        row = latent_rows(z)
+        assert (row["minItems"], row["maxItems"]) == (4, 4)
+    # The tiny weights carry no fitted prior: prior=fitted is a 422, so not offered.
+    assert parameter(spec, "/sample", "prior")["enum"] == ["standard"]
+
+
+def test_interpolate_takes_exactly_two(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    files = body(spec, "/interpolate", "multipart/form-data")["properties"]["images"]
+    assert (files["minItems"], files["maxItems"]) == (2, 2)
+    pair = body(spec, "/interpolate", "application/json")
+    assert [branch["required"] for branch in pair["oneOf"]] == [["images"], ["z"]]
+    for name in ("images", "z"):
+        listed = pair["properties"][name]["anyOf"][0]
+        assert (listed["minItems"], listed["maxItems"]) == (2, 2)
+
+
+def test_schema_has_no_marks_and_no_null_queries(client: TestClient) -> None:
+    spec = client.get("/openapi.json").json()
+    assert LIVE not in json.dumps(spec)
+    seed = parameter(spec, "/sample", "seed")
+    assert "anyOf" not in seed and seed["type"] == "integer"
+
+
+def test_before_the_model_loads_only_its_bounds_are_missing(api_settings: Settings) -> None:
+    app = create_app(api_settings)  # no lifespan: the model is not loaded
+    spec = TestClient(app).get("/openapi.json").json()
+    assert parameter(spec, "/sample", "n")["maximum"] == 32
+    row = latent_rows(body(spec, "/decode", "application/json")["properties"]["z"])
+    assert row["minItems"] == 1 and "maxItems" not in row
+    assert "enum" not in parameter(spec, "/sample", "prior")
+    assert LIVE not in json.dumps(spec)
+
+
+def test_schema_is_cached_per_model(api_settings: Settings) -> None:
+    app = create_app(api_settings)
+    with TestClient(app):
+        loaded = app.openapi()
+        assert app.openapi() is loaded
+        served = app.state.runtime
+        # Another model: other latent_dim, a fitted prior.
+        app.state.runtime = SimpleNamespace(config=SimpleNamespace(latent_dim=7), prior=object())
+        try:
+            other = app.openapi()
+        finally:
+            app.state.runtime = served
+        assert app.openapi() is not other
+    assert (
+        latent_rows(body(other, "/decode", "application/json")["properties"]["z"])["maxItems"] == 7
+    )
+    assert parameter(other, "/sample", "prior")["enum"] == ["standard", "fitted"]
+    assert app.openapi() == TestClient(app).get("/openapi.json").json()  # unloaded again
+
+
+def test_limits_in_the_schema_are_the_servers(client: TestClient) -> None:
+    """Each bound, just inside and just outside."""
+    assert client.get("/sample?n=32&format=npy").status_code == 200
+    assert client.get("/sample?n=33").status_code == 422
+    assert client.get("/sample?prior=fitted").status_code == 422
+    assert client.post("/decode", json={"z": [[1e4, -1e4, 0, 0]]}).status_code == 200
+    assert client.post("/decode", json={"z": [[1e4, -1e4, 0, 0]] * 9}).status_code == 422
+    assert client.post("/decode", json={"z": [[0, 0, 0]]}).status_code == 422
+    assert client.post("/decode", json={"z": [[10001.0, 0, 0, 0]]}).status_code == 422
+    assert client.post("/interpolate?steps=16", json={"z": [[0] * 4] * 2}).status_code == 200
+    assert client.post("/interpolate?steps=17", json={"z": [[0] * 4] * 2}).status_code == 422
+    assert client.post("/interpolate", json={"z": [[0] * 4] * 2, "images": None}).status_code == 200
+    assert client.post("/interpolate", json={"images": None}).status_code == 422
+    no_images = {"files": {"other": ("a.png", b"x")}}
+    assert client.post("/encode", **no_images).status_code == 422  # type: ignore[arg-type]
+
+
+def test_decode_documents_its_400(client: TestClient) -> None:
+    reply = client.post(
+        "/decode", content=b"\x8c\xb5", headers={"content-type": "application/json"}
+    )
+    assert reply.status_code == 400
+    spec = client.get("/openapi.json").json()
+    assert "400" in spec["paths"]["/decode"]["post"]["responses"]
+
+
+def test_base64_check_is_the_schemas_pattern() -> None:
+    """Every string over a small alphabet, up to 7 characters: the server's check and the
+    document's pattern agree."""
+    pattern = re.compile(BASE64_PATTERN)
+    for length in range(8):
+        for chars in itertools.product("Q/=-\n", repeat=length):
+            text = "".join(chars)
+            assert is_base64(text) == (pattern.fullmatch(text) is not None), text
+
+
+def test_base64_that_b64decode_alone_lets_through_is_refused(client: TestClient) -> None:
+    for text in ("AA==AA==", "AAAA====", "AA==\n"):
+        reply = client.post("/encode", json={"images": [text]})
+        assert reply.status_code == 422, text
+        assert "not valid base64" in reply.json()["detail"]
