@@ -22,8 +22,17 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
-def _digest(key: str) -> bytes:
+def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
+
+
+def key_matches(token: str | None, digests: list[bytes]) -> bool:
+    """Whether ``token`` is one of the keys with these digests, in constant time."""
+    presented = digest(token or "")
+    matched = False
+    for known in digests:  # no early exit: every key costs the same
+        matched |= hmac.compare_digest(presented, known)
+    return matched and token is not None
 
 
 def bearer_token(authorization: str) -> str | None:
@@ -38,7 +47,7 @@ class ApiKeyAuth:
 
     def __init__(self, app: ASGIApp, keys: Iterable[SecretStr]) -> None:
         self.app = app
-        self.digests = [_digest(key.get_secret_value()) for key in keys]
+        self.digests = [digest(key.get_secret_value()) for key in keys]
         if not self.digests:
             raise ValueError("ApiKeyAuth needs at least one key")
 
@@ -55,20 +64,16 @@ class ApiKeyAuth:
 
     def _allowed(self, scope: Scope) -> bool:
         token = bearer_token(Headers(scope=scope).get("authorization", ""))
-        if token is None:
-            return False
-        presented = _digest(token)
-        matched = False
-        for digest in self.digests:  # no early exit: every key costs the same
-            matched |= hmac.compare_digest(presented, digest)
-        return matched
+        return key_matches(token, self.digests)
 
 
-def add_access_control(app: Starlette, keys: list[SecretStr], origins: list[str]) -> None:
-    """The key check when there are keys, and CORS around it when there are origins
-    (outside: preflights carry no key); neither when unset."""
+def add_access_control(
+    app: Starlette, keys: list[SecretStr], admin_keys: list[SecretStr], origins: list[str]
+) -> None:
+    """The key check when there are API keys (admin keys pass it too), and CORS around
+    it when there are origins (outside: preflights carry no key); neither when unset."""
     if keys:
-        app.add_middleware(ApiKeyAuth, keys=keys)
+        app.add_middleware(ApiKeyAuth, keys=[*keys, *admin_keys])
     if origins:  # what browsers on those origins may send and read
         app.add_middleware(
             CORSMiddleware,

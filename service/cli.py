@@ -13,14 +13,14 @@ import argparse
 import logging
 import signal
 import sys
-import time
 import typing
 from collections.abc import Sequence
 
 import uvicorn
 from pydantic import ValidationError
 
-from model import WeightsError
+from model import Checkpoint, WeightsError
+from model.distributed import resolve_device
 from service.main import create_app
 from service.observability import server_log_config
 from service.runtime import DeviceError, load_checkpoint
@@ -73,15 +73,23 @@ def read_settings(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -
         parser.error(describe(exc))
 
 
+def check_single_model(settings: Settings) -> Checkpoint | None:
+    """Without a repository, the weights are read before listening, so that unusable
+    ones stop the process with one line; a repository's bad files are only reported."""
+    try:
+        resolve_device(settings.device)
+        if settings.model_dir is not None:
+            if not settings.model_dir.is_dir():
+                raise WeightsError(settings.model_dir, "VAE_MODEL_DIR is not a folder")
+            return None
+        return load_checkpoint(settings.weights, settings.device)
+    except (WeightsError, DeviceError, ValueError) as exc:
+        sys.exit(f"{PROG}: cannot start: {exc}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = read_settings(build_parser(), argv)
-    started = time.perf_counter()
-    try:
-        checkpoint = load_checkpoint(settings.weights, settings.device)
-    except (WeightsError, DeviceError) as exc:
-        sys.exit(f"{PROG}: cannot start: {exc}")
-    app = create_app(settings, checkpoint)
-    app.state.metrics.load_seconds.set(time.perf_counter() - started)
+    app = create_app(settings, check_single_model(settings))
     # uvicorn re-raises the signal that stopped it once it has shut down; with these
     # handlers that is a no-op, so a graceful shutdown exits 0, not 143.
     for stop in (signal.SIGTERM, signal.SIGINT):

@@ -1,26 +1,70 @@
-"""Request dependencies: the loaded runtime and the settings, from ``app.state``.
+"""Request dependencies: the model version that answers, and the settings.
 
-They are ``async def`` although they never await: FastAPI runs a plain ``def``
+They are ``async def`` although most never await: FastAPI runs a plain ``def``
 dependency on its thread pool, a thread hop per dependency per request.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 
-from service.errors import NotReady, UnsupportedMediaType
+from service.errors import ModelNotFound, NotReady, UnsupportedMediaType
+from service.observability import MODEL_STATE, PREFIX_STATE
+from service.repository import ModelRepository, ModelUnavailable, UnknownModel, Version
 from service.runtime import ModelRuntime
+from service.schemas import live
 from service.settings import Settings
 
+RETRY = {"Retry-After": "1"}
+PER_MODEL = "/models/{model}"  # the prefix of the per-model model routes
 
-async def get_runtime(request: Request) -> ModelRuntime:
-    """The model, once loaded and warmed up; 503 before that."""
-    runtime: ModelRuntime | None = getattr(request.app.state, "runtime", None)
-    if runtime is None or not runtime.ready:
-        raise NotReady("model not loaded yet", headers={"Retry-After": "1"})
-    return runtime
+
+def get_repository(request: Request) -> ModelRepository:
+    repository: ModelRepository | None = request.app.state.repository
+    if repository is None:
+        raise NotReady("model not loaded yet", headers=RETRY)
+    return repository
+
+
+ModelName = Annotated[
+    str,
+    Path(
+        description="A model's name, as GET /models lists them",
+        json_schema_extra=live(enum="models"),
+    ),
+]
+
+
+async def model_path(request: Request, model: ModelName) -> None:
+    """Declares /models/{model}/... routes' path parameter (get_runtime reads it), and
+    their prefix for the metrics' route template."""
+    setattr(request.state, PREFIX_STATE, PER_MODEL)
+
+
+def serving(repository: ModelRepository, name: str | None) -> Version:
+    """The version answering ``name`` (None: the default model) now: 404 for an
+    unknown model, 503 until it is loaded and warmed up."""
+    try:
+        return repository.serving(name)
+    except UnknownModel as exc:
+        raise ModelNotFound(str(exc)) from None
+    except ModelUnavailable as exc:
+        raise NotReady(str(exc), headers=RETRY) from None
+
+
+async def get_runtime(request: Request) -> AsyncIterator[ModelRuntime]:
+    """The version serving the path's model (else the default), held for the whole
+    request so that a swap meanwhile lets it finish there. Its name and SHA-256 go
+    into the response headers (service/observability.py)."""
+    repository = get_repository(request)
+    name = request.path_params.get("model")
+    version = serving(repository, name)
+    setattr(request.state, MODEL_STATE, (name or repository.default, version.sha256))
+    with version.held():
+        yield version.runtime
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -42,4 +86,5 @@ async def require_json(request: Request) -> None:
 
 
 Runtime = Annotated[ModelRuntime, Depends(get_runtime)]
+Repository = Annotated[ModelRepository, Depends(get_repository)]
 AppSettings = Annotated[Settings, Depends(get_app_settings)]

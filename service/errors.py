@@ -5,6 +5,8 @@ Status policy (also in the OpenAPI page):
 * 400 - an image that is empty or that no decoder can read;
 * 401 - ``VAE_API_KEYS`` is set and the request has no valid ``Authorization: Bearer``
   key (service/auth.py), with ``WWW-Authenticate: Bearer``;
+* 403 - an admin operation while no ``VAE_ADMIN_KEYS`` are set, or without an admin key;
+* 404 - no model of that name (the detail lists the known ones);
 * 413 - a request body over ``VAE_MAX_BODY_BYTES`` (the HTTP meaning of 413);
 * 415 - a body whose content type the endpoint does not take;
 * 422 - a well-formed request whose values are wrong: latents of the wrong length,
@@ -57,6 +59,14 @@ class UnsupportedMediaType(ServiceError):
 
 class Unprocessable(ServiceError):
     status = 422
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class ModelNotFound(ServiceError):
+    status = 404
 
 
 class NotReady(ServiceError):

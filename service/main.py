@@ -14,9 +14,16 @@ from service.auth import add_access_control
 from service.errors import install_error_handlers
 from service.lifespan import model_lifespan
 from service.limits import BodySizeLimit, RequestGuard
-from service.observability import Metrics, RequestObservability
+from service.metrics import Metrics
+from service.observability import RequestObservability
 from service.openapi import install_live_openapi
-from service.routes import ROUTERS
+from service.routes import (
+    PER_MODEL,
+    PER_MODEL_DEPENDENCIES,
+    PER_MODEL_RESPONSES,
+    ROUTERS,
+    inference,
+)
 from service.schemas import API_DESCRIPTION
 from service.settings import Settings, get_settings
 
@@ -26,7 +33,7 @@ def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     around everything, so that refusals by the others are counted and logged too."""
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestGuard, timeout_s=settings.request_timeout_s)
-    add_access_control(app, settings.api_keys, settings.cors_origins)
+    add_access_control(app, settings.api_keys, settings.admin_keys, settings.cors_origins)
     app.add_middleware(RequestObservability, metrics=metrics, access_log=settings.access_log)
 
 
@@ -42,11 +49,17 @@ def create_app(settings: Settings | None = None, checkpoint: Checkpoint | None =
         description=API_DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.settings, app.state.metrics, app.state.runtime = settings, metrics, None
+    app.state.settings, app.state.metrics, app.state.repository = settings, metrics, None
     add_middleware(app, settings, metrics)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(
+        inference.router,
+        prefix=PER_MODEL,
+        dependencies=PER_MODEL_DEPENDENCIES,
+        responses=PER_MODEL_RESPONSES,
+    )
     install_live_openapi(app)  # the limits in /openapi.json are the settings' and the model's
     return app
 

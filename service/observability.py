@@ -15,15 +15,13 @@ import logging
 import re
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model import Checkpoint
+from service.metrics import Metrics
 
 logger = logging.getLogger("service")
 access_logger = logging.getLogger("service.access")
@@ -34,73 +32,10 @@ UNMATCHED = "<unmatched>"  # one label for every unknown path, so scanners add n
 # nginx's status for a request that ended with no answer sent (its client left, or it
 # was cancelled): logged and counted under it, never sent.
 CLIENT_CLOSED = 499
-LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20)
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-
-class Metrics:
-    """The service's Prometheus metrics, in a registry of their own (one per app, so
-    several apps in one process, as in tests, do not collide)."""
-
-    def __init__(self) -> None:
-        self.registry = registry = CollectorRegistry()
-        self.requests = Counter(
-            "vae_http_requests",
-            "Requests answered, by route template, method and status",
-            ["endpoint", "method", "status"],
-            registry=registry,
-        )
-        self.latency = Histogram(
-            "vae_http_request_duration_seconds",
-            "Time from request to answer, by route template",
-            ["endpoint"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.batch_rows = Histogram(
-            "vae_batch_size",
-            "Rows (images or latents) per forward pass, by operation",
-            ["operation"],
-            buckets=BATCH_BUCKETS,
-            registry=registry,
-        )
-        self.queue_rows = Gauge("vae_queue_rows", "Rows waiting for the model", registry=registry)
-        self.load_seconds = Gauge(
-            "vae_model_load_seconds", "Time to read and check the weights", registry=registry
-        )
-        self.warmup_seconds = Gauge(
-            "vae_model_warmup_seconds", "Time to warm the model up", registry=registry
-        )
-        self.model = Info("vae_model", "The served weights", registry=registry)
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
-
-    def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        key = (endpoint, method, status)
-        children = self._children.get(key)
-        if children is None:  # labels() takes a lock and builds a tuple: once per series
-            children = (
-                self.requests.labels(endpoint, method, str(status)),
-                self.latency.labels(endpoint),
-            )
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
-
-    def observe_batch(self, operation: str, rows: int) -> None:
-        self.batch_rows.labels(operation).observe(rows)
-
-    def describe_model(self, checkpoint: Checkpoint, device: str) -> None:
-        cfg = checkpoint.config
-        self.model.info(
-            {
-                "name": Path(checkpoint.path).name,
-                "sha256": checkpoint.sha256,
-                "device": device,
-                "latent_dim": str(cfg.latent_dim),
-                "image_size": str(cfg.image_size),
-                "channels": str(cfg.channels),
-            }
-        )
+MODEL_STATE = "model"  # request.state.model: (name, SHA-256) of the version that answers
+# request.state.route_prefix: the prefix a router was included under. FastAPI keeps the
+# router's own route in scope["route"], whose path lacks it (/models/{model}/encode).
+PREFIX_STATE = "route_prefix"
 
 
 def request_id(scope: Scope) -> str:
@@ -114,10 +49,26 @@ def request_id(scope: Scope) -> str:
     return secrets.token_hex(8)
 
 
+def served_by(scope: Scope) -> tuple[str, str] | None:
+    """(name, SHA-256) of the model version that answered, as the route's model
+    dependency recorded it (service/deps.py); None for routes that use no model."""
+    state = scope.get("state") or {}
+    served: tuple[str, str] | None = state.get(MODEL_STATE)
+    return served
+
+
+def model_headers(served: tuple[str, str]) -> list[tuple[bytes, bytes]]:
+    name, sha256 = served
+    return [(b"x-model", name.encode()), (b"x-model-sha256", sha256.encode())]
+
+
 def endpoint_of(scope: Scope) -> str:
     """The matched route's template (``/encode``), never the raw path."""
     route = scope.get("route")
-    return getattr(route, "path", UNMATCHED)
+    if route is None:
+        return UNMATCHED
+    prefix: str = (scope.get("state") or {}).get(PREFIX_STATE, "")
+    return prefix + route.path
 
 
 class RequestObservability:
@@ -141,7 +92,9 @@ class RequestObservability:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                served = served_by(scope)
+                extra = model_headers(served) if served else []
+                message["headers"] = [*message.get("headers", ()), header, *extra]
             await send(message)
 
         try:
@@ -159,7 +112,9 @@ class RequestObservability:
 
     def _record(self, scope: Scope, rid: str, status: int, seconds: float) -> None:
         method = scope["method"] if scope["method"] in METHODS else "OTHER"
-        self.metrics.observe_request(endpoint_of(scope), method, status, seconds)
+        served = served_by(scope)
+        model = served[0] if served else ""
+        self.metrics.observe_request(endpoint_of(scope), method, status, model, seconds)
         if status >= 500 or self.access_log:
             fields = {
                 "method": method,
@@ -167,6 +122,7 @@ class RequestObservability:
                 "status": status,
                 "duration_ms": round(seconds * 1000, 3),
                 "request_id": rid,
+                **({"model": model} if model else {}),
             }
             level = logging.INFO if status < 500 else logging.WARNING
             if status == 500:

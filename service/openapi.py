@@ -1,5 +1,7 @@
 """The OpenAPI document with the limits the server enforces: read from the app's settings
-and, once the lifespan has loaded it, from the model (its latent_dim, its fitted prior).
+and, once the lifespan has loaded it, from the default model (its latent_dim, its fitted
+prior). The /models/{model}/ routes share the request schemas: their model-dependent
+bounds are each model's own, as GET /models lists them.
 
 The request models and route declarations mark where a live value goes
 (``schemas.live``); ``live_openapi`` fills the marks in FastAPI's generated document.
@@ -32,8 +34,12 @@ def live_values(app: FastAPI) -> dict[str, Any]:
     """The values the marks name: the limit settings, and the model's once loaded."""
     settings = app.state.settings
     values: dict[str, Any] = {name: getattr(settings, name) for name in SETTINGS_LIMITS}
-    runtime = getattr(app.state, "runtime", None)
-    if runtime is not None:
+    repository = app.state.repository
+    if repository is not None:
+        values["models"] = repository.names()
+    default = repository.entries.get(repository.default) if repository else None
+    if default is not None and default.live is not None:
+        runtime = default.live.runtime
         values["latent_dim"] = runtime.config.latent_dim
         fitted = [PriorName.fitted.value] if runtime.prior is not None else []
         values["priors"] = [PriorName.standard.value, *fitted]

@@ -165,6 +165,7 @@ class FittedPriorInfo(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    name: str = Field(description="The model's name in the repository", examples=["fashion-mnist"])
     weights: str = Field(description="File name of the served weights")
     sha256: str
     format_version: int
@@ -199,6 +200,8 @@ ERROR_MEANINGS = {
     400: "Empty image, a file no image decoder can read, or a body that is no .npy file "
     "(bytes a schema cannot tell from an image)",
     401: "VAE_API_KEYS is set and no valid 'Authorization: Bearer <key>' was sent",
+    403: "An admin operation without an admin key, or with no VAE_ADMIN_KEYS set",
+    404: "No model of that name; the detail lists the known ones",
     413: "Request body over VAE_MAX_BODY_BYTES",
     415: "Content type this endpoint does not take",
     422: "Invalid values (latent length, NaN/inf, format, base64, a prior the weights lack) "

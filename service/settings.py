@@ -32,6 +32,31 @@ class Settings(BaseSettings):
         default=DEFAULT_WEIGHTS,
         description="Weights file (.safetensors) to serve; default: the bundled Fashion-MNIST VAE.",
     )
+    model_dir: Path | None = Field(
+        default=None,
+        description=(
+            "A model repository: every NAME.safetensors directly in this folder is served "
+            "as model NAME (at /models/NAME/...); files that appear, change or go are "
+            "picked up while serving. Unset: one model, VAE_WEIGHTS."
+        ),
+    )
+    default_model: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]*$",
+        description=(
+            "The model the un-prefixed routes (/encode, ...) serve; default: the only "
+            "model, else fashion-mnist."
+        ),
+    )
+    model_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description=(
+            "How often VAE_MODEL_DIR is scanned for new, changed or removed files; a "
+            "change is loaded once it has held still for one scan."
+        ),
+    )
     device: str = Field(
         default="auto",
         pattern=r"^(auto|cpu|cuda(:\d+)?)$",
@@ -140,6 +165,13 @@ class Settings(BaseSettings):
             "/healthz and /readyz needs 'Authorization: Bearer <key>' (else 401)."
         ),
     )
+    admin_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Keys for admin operations (POST /models/NAME/reload), comma-separated or a "
+            "JSON list; they also work as API keys. Unset: admin operations get 403."
+        ),
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description=(
@@ -151,7 +183,7 @@ class Settings(BaseSettings):
         default=True, description="One JSON log line per request (method, path, status, ...)."
     )
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "admin_keys", "cors_origins", mode="before")
     @classmethod
     def split_list(cls, value: object) -> object:
         """'a,b' or '["a", "b"]' from a variable or a flag; lists pass through."""

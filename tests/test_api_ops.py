@@ -110,7 +110,7 @@ def test_openapi_documents_bodies_and_examples(client: TestClient) -> None:
 def test_unexpected_error_is_a_generic_500(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    runtime = client.app.state.repository.serving().runtime  # type: ignore[attr-defined]
 
     async def broken(z: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("secret internals")
@@ -132,7 +132,7 @@ def test_building_the_app_does_not_load_weights(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("VAE_WEIGHTS", "/nonexistent.safetensors")
     get_settings.cache_clear()
     try:
-        assert create_app().state.runtime is None
+        assert create_app().state.repository is None
     finally:
         get_settings.cache_clear()
 

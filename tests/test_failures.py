@@ -68,7 +68,7 @@ def test_oom_batch_is_split_in_halves(rows: int) -> None:
 
 
 def test_oom_on_one_row_is_503_and_the_service_recovers(client: TestClient) -> None:
-    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    runtime = client.app.state.repository.serving().runtime  # type: ignore[attr-defined]
     decode = runtime.batcher.operations["decode"]
     fake = FakeGpu(decode.fn, capacity=2)
     runtime.batcher.operations["decode"] = Operation(fake, decode.row_shape)
@@ -111,7 +111,7 @@ async def held_app(api_settings: Settings) -> AsyncIterator[tuple[FastAPI, FakeG
     """The app, started, with a decode that can be held; a 0.5 s request timeout."""
     app = create_app(api_settings.model_copy(update={"request_timeout_s": 0.5}))
     async with LifespanManager(app):
-        runtime = app.state.runtime
+        runtime = app.state.repository.serving().runtime
         decode = runtime.batcher.operations["decode"]
         fake = FakeGpu(decode.fn)
         runtime.batcher.operations["decode"] = Operation(fake, decode.row_shape)
@@ -196,10 +196,12 @@ async def test_client_that_disconnects_leaves_nothing_behind(
         }
         request = asyncio.create_task(app(scope, receive, send))
         await asyncio.sleep(0.05)
-        assert app.state.runtime.batcher.queued_rows == 1
+        assert app.state.repository.serving().runtime.batcher.queued_rows == 1
         left.set()
         await asyncio.wait_for(request, 1)  # ends at once, the worker still held
-        assert app.state.runtime.batcher.queued_rows == 1  # dropped when reached
+        assert (
+            app.state.repository.serving().runtime.batcher.queued_rows == 1
+        )  # dropped when reached
         assert sent == []  # nobody to answer
         fake.release.set()
         assert (await running).status_code == 200
@@ -207,5 +209,5 @@ async def test_client_that_disconnects_leaves_nothing_behind(
     assert rows_seen(fake, 2.0) == 0
     assert rows_seen(fake, 3.0) == 1
     assert len(fake.seen) == 2  # the held request and the last one: nothing of the leaver's
-    labels = {"endpoint": path.split("?")[0], "method": method, "status": "499"}
+    labels = {"endpoint": path.split("?")[0], "method": method, "status": "499", "model": "tiny"}
     assert app.state.metrics.registry.get_sample_value("vae_http_requests_total", labels) == 1

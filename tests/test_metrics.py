@@ -20,7 +20,11 @@ from service.observability import JsonFormatter
 from service.settings import Settings
 
 Z = {"z": [[0.1, 0.2, 0.3, 0.4]]}
-ENCODE_200 = ("vae_http_requests_total", {"endpoint": "/encode", "method": "POST", "status": "200"})
+MODEL = {"model": "tiny"}  # every metric is labelled with the model (served_weights' name)
+ENCODE_200 = (
+    "vae_http_requests_total",
+    {"endpoint": "/encode", "method": "POST", "status": "200", **MODEL},
+)
 
 
 def scrape(client: TestClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -49,16 +53,17 @@ def test_metrics_move_as_requests_are_served(
     after = scrape(client)
     name, labels = ENCODE_200
     assert value(after, name, **labels) - value(before, name, **labels) == 3
-    refused = {"endpoint": "/decode", "method": "POST", "status": "422"}
+    refused = {"endpoint": "/decode", "method": "POST", "status": "422", **MODEL}
     assert value(after, name, **refused) - value(before, name, **refused) == 1
     timed = "vae_http_request_duration_seconds_count"
-    assert value(after, timed, endpoint="/encode") - value(before, timed, endpoint="/encode") == 3
+    encode = {"endpoint": "/encode", **MODEL}
+    assert value(after, timed, **encode) - value(before, timed, **encode) == 3
     batches = "vae_batch_size_count"
-    assert (
-        value(after, batches, operation="encode") - value(before, batches, operation="encode") == 3
-    )
-    assert value(after, "vae_batch_size_sum", operation="encode") >= 3
-    assert value(after, "vae_http_requests_total", endpoint="/metrics", method="GET", status="200")
+    encodes = {"operation": "encode", **MODEL}
+    assert value(after, batches, **encodes) - value(before, batches, **encodes) == 3
+    assert value(after, "vae_batch_size_sum", **encodes) >= 3
+    metrics_200 = {"endpoint": "/metrics", "method": "GET", "status": "200", "model": ""}
+    assert value(after, "vae_http_requests_total", **metrics_200)
 
 
 def test_model_identity_load_time_and_queue(client: TestClient, served_weights: Path) -> None:
@@ -66,16 +71,18 @@ def test_model_identity_load_time_and_queue(client: TestClient, served_weights: 
     info = next(dict(labels) for (name, labels) in samples if name == "vae_model_info")
     assert info["sha256"] == hashlib.sha256(served_weights.read_bytes()).hexdigest()
     assert info["name"] == served_weights.name and info["device"] == "cpu"
-    assert value(samples, "vae_model_load_seconds") > 0
-    assert value(samples, "vae_model_warmup_seconds") > 0
-    assert ("vae_queue_rows", frozenset()) in samples
+    assert info["model"] == "tiny"
+    assert value(samples, "vae_model_load_seconds", **MODEL) > 0
+    assert value(samples, "vae_model_warmup_seconds", **MODEL) > 0
+    assert ("vae_queue_rows", frozenset(MODEL.items())) in samples
+    assert value(samples, "vae_model_loads_total", outcome="success", **MODEL) == 1
 
 
 def test_unknown_paths_share_one_label(client: TestClient) -> None:
     for path in ("/nope", "/admin/../etc/passwd", "/wp-login.php"):
         assert client.get(path).status_code == 404
     text = client.get("/metrics").text
-    assert 'endpoint="<unmatched>",method="GET",status="404"} 3.0' in text
+    assert 'endpoint="<unmatched>",method="GET",model="",status="404"} 3.0' in text
     assert "wp-login" not in text and "passwd" not in text
 
 
@@ -150,7 +157,7 @@ def test_5xx_is_logged_with_its_id_and_no_traceback_reaches_the_client(
     async def broken(z: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("secret internals")
 
-    monkeypatch.setattr(client.app.state.runtime, "decode", broken)  # type: ignore[attr-defined]
+    monkeypatch.setattr(client.app.state.repository.serving().runtime, "decode", broken)  # type: ignore[attr-defined]
     reply = client.post("/decode", json=Z, headers={"X-Request-ID": "boom-1"})
     assert reply.status_code == 500 and reply.json() == {"detail": "internal server error"}
     assert reply.headers["x-request-id"] == "boom-1" and "secret" not in reply.text
@@ -161,7 +168,7 @@ def test_5xx_is_logged_with_its_id_and_no_traceback_reaches_the_client(
     assert access["status"] == 500 and access["level"] == "error"
     samples = scrape(client)
     assert value(
-        samples, "vae_http_requests_total", endpoint="/decode", method="POST", status="500"
+        samples, "vae_http_requests_total", endpoint="/decode", method="POST", status="500", **MODEL
     )
 
 

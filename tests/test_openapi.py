@@ -104,13 +104,14 @@ def test_schema_is_cached_per_model(api_settings: Settings) -> None:
     with TestClient(app):
         loaded = app.openapi()
         assert app.openapi() is loaded
-        served = app.state.runtime
+        version = app.state.repository.serving()
+        served = version.runtime
         # Another model: other latent_dim, a fitted prior.
-        app.state.runtime = SimpleNamespace(config=SimpleNamespace(latent_dim=7), prior=object())
+        version.runtime = SimpleNamespace(config=SimpleNamespace(latent_dim=7), prior=object())
         try:
             other = app.openapi()
         finally:
-            app.state.runtime = served
+            version.runtime = served
         assert app.openapi() is not other
     assert (
         latent_rows(body(other, "/decode", "application/json")["properties"]["z"])["maxItems"] == 7

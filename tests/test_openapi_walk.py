@@ -31,7 +31,9 @@ CHECKS = (
     "positive_data_acceptance",
     "negative_data_rejection",
 )
+ADMIN_KEY = "walk-admin-key"  # so that POST /models/{model}/reload can succeed
 CONFIG = {
+    "headers": {"Authorization": f"Bearer {ADMIN_KEY}"},
     # The same requests on every run, and nothing written to disk.
     "generation": {"mode": "all", "max-examples": 100, "deterministic": True, "database": "none"},
     "phases": {"stateful": {"enabled": False}},
@@ -86,7 +88,8 @@ def test_the_server_accepts_exactly_what_the_schema_allows(api_settings: Setting
     try:
         # Loading the document starts the lifespan (the model loads and warms up); it
         # runs until shutdown_lifespans().
-        failures, sent = walk(create_app(api_settings))
+        admin = Settings(admin_keys=ADMIN_KEY).admin_keys
+        failures, sent = walk(create_app(api_settings.model_copy(update={"admin_keys": admin})))
     finally:
         shutdown_lifespans()
     assert sent > 500

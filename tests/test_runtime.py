@@ -92,7 +92,7 @@ def test_only_small_pngs_are_decoded_on_the_event_loop() -> None:
 def test_full_queue_answers_503_with_retry_after(api_settings: Settings) -> None:
     settings = api_settings.model_copy(update={"max_queue_images": 1})
     with TestClient(create_app(settings)) as client:
-        runtime = client.app.state.runtime
+        runtime = client.app.state.repository.serving().runtime
         decode = runtime.batcher.operations["decode"]
         started, release = threading.Event(), threading.Event()
 

@@ -1,5 +1,13 @@
-"""HTTP routes, split by concern."""
+"""HTTP routes, split by concern. The model routes serve the default model, and again,
+under /models/{model}/, any model of the repository."""
 
-from service.routes import inference, ops
+from fastapi import Depends
 
-ROUTERS = (ops.router, inference.router)
+from service.deps import PER_MODEL, model_path
+from service.routes import inference, models, ops
+from service.schemas import error_responses
+
+ROUTERS = (ops.router, inference.router, models.router)
+__all__ = ["PER_MODEL", "PER_MODEL_DEPENDENCIES", "PER_MODEL_RESPONSES", "ROUTERS", "inference"]
+PER_MODEL_DEPENDENCIES = [Depends(model_path)]
+PER_MODEL_RESPONSES = error_responses(404)

@@ -7,7 +7,8 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import Runtime
+from service.deps import Repository, Runtime, serving
+from service.runtime import ModelRuntime
 from service.schemas import FittedPriorInfo, ModelInfo, Status, error_responses
 
 router = APIRouter(tags=["operations"])
@@ -20,16 +21,22 @@ async def healthz() -> Status:
 
 
 @router.get("/readyz", response_model=Status, responses=error_responses(503))
-async def readyz(runtime: Runtime) -> Status:
-    """200 once the weights are loaded and warmed up; 503 before."""
+async def readyz(repository: Repository) -> Status:
+    """200 once the default model is loaded and warmed up; 503 before."""
+    serving(repository, None)
     return Status(status="ready")
 
 
 @router.get("/model", response_model=ModelInfo, responses=error_responses(503))
-async def model_info(runtime: Runtime) -> ModelInfo:
-    """The served weights: their metadata, where they run, and the file's SHA-256."""
+async def model_info(runtime: Runtime, repository: Repository) -> ModelInfo:
+    """The default model's weights: their metadata, where they run, and the file's SHA-256."""
+    return describe(runtime, repository.default)
+
+
+def describe(runtime: ModelRuntime, name: str) -> ModelInfo:
     ckpt, cfg = runtime.checkpoint, runtime.config
     return ModelInfo(
+        name=name,
         weights=Path(ckpt.path).name,
         sha256=ckpt.sha256,
         format_version=int(ckpt.metadata.get("format_version", 0)),

@@ -1,0 +1,276 @@
+"""The model repository: every served model by name, each with its own runtime (its
+own batcher, queue limit and worker thread), loaded, swapped and unloaded while
+requests flow.
+
+- Without ``VAE_MODEL_DIR`` it holds one model, ``VAE_WEIGHTS``, named after its file.
+- With it, every ``NAME.safetensors`` directly in the folder is model NAME. The folder
+  is polled every ``VAE_MODEL_POLL_S``: polling, not inotify, because inotify misses
+  changes on network volumes and on Kubernetes' symlink-swapped mounts.
+- A new version is loaded and warmed up beside the old one, then swapped in. Requests
+  hold the version that accepted them (``Version.held``), so they finish on it;
+  the old version is closed once its last lease ends. A file that fails to load
+  leaves the old version serving, with the error in ``/models``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from model import Checkpoint
+from service.metrics import Metrics
+from service.runtime import Batching, ModelRuntime, load_checkpoint
+from service.settings import Settings
+
+logger = logging.getLogger("service")
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
+SUFFIX = ".safetensors"
+FALLBACK_DEFAULT = "fashion-mnist"
+Stamp = tuple[int, int, int]  # inode, size, mtime: a rename or a rewrite changes it
+
+
+class UnknownModel(LookupError):
+    """No model of that name; the answer lists the known ones (404)."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"no model named {name!r}; known models: {', '.join(known) or 'none'}")
+
+
+class ModelUnavailable(Exception):
+    """The model exists but no version of it serves yet, or loading it failed (503)."""
+
+
+def model_name(path: Path) -> str:
+    """A weights file's model name: its stem, lower-cased, other characters as '-'."""
+    name = re.sub(r"[^a-z0-9._-]", "-", path.stem.lower())
+    return name if NAME.fullmatch(name) else f"m{name}"
+
+
+def file_stamp(path: Path) -> Stamp | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+@dataclass(eq=False)
+class Version:
+    """One loaded weights file, and how many requests hold it."""
+
+    runtime: ModelRuntime
+    leases: int = 0
+    retired: bool = False
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def sha256(self) -> str:
+        return self.runtime.checkpoint.sha256
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """While a request uses this version: a swap closes it only once none does."""
+        self.leases += 1
+        try:
+            yield
+        finally:
+            self.leases -= 1
+            if self.retired and not self.leases:
+                self.released.set()
+
+
+@dataclass(eq=False)
+class Entry:
+    """One model: the file it comes from, its state, and the version serving it."""
+
+    name: str
+    path: Path
+    live: Version | None = None
+    error: str | None = None  # the last failed load, even while an older version serves
+    loading: bool = True
+    stamp: Stamp | None = None  # of the file as last loaded (or tried)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def state(self) -> str:
+        if self.live is not None:
+            return "ready"
+        return "loading" if self.loading else "failed"
+
+
+class ModelRepository:
+    """The models, by name; see the module docstring."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.entries: dict[str, Entry] = {}
+        self.default = settings.default_model or FALLBACK_DEFAULT
+        self._seen: dict[str, Stamp | None] = {}  # changes waiting one scan to settle
+        self._watcher: asyncio.Task[None] | None = None
+
+    def discover(self) -> dict[str, Path]:
+        """Model name -> weights file, as the settings and the folder say now."""
+        folder = self.settings.model_dir
+        if folder is None:
+            return {model_name(self.settings.weights): self.settings.weights}
+        found = {}
+        for path in sorted(folder.iterdir()):
+            if path.is_file() and path.suffix == SUFFIX and NAME.fullmatch(path.stem):
+                found[path.stem] = path
+            elif not path.name.startswith("."):
+                logger.info("model repository: ignoring %s (not NAME%s)", path, SUFFIX)
+        return found
+
+    async def start(self, preloaded: Checkpoint | None = None) -> None:
+        """Load every model (``preloaded``: the single model, read already), then watch."""
+        found = self.discover()
+        if self.settings.default_model is None and len(found) == 1:
+            self.default = next(iter(found))
+        for name, path in found.items():
+            self.entries[name] = Entry(name, path)
+        if self.settings.model_dir is None:  # one model: weights that fail stop start-up
+            ((name, path),) = found.items()
+            await self.load(name, path, preloaded, strict=True)
+            return
+        for name, path in found.items():
+            await self.load(name, path)
+        self._watcher = asyncio.create_task(self._watch(), name="model-repository-watch")
+
+    def names(self) -> list[str]:
+        return sorted(self.entries)
+
+    def entry(self, name: str | None = None) -> Entry:
+        entry = self.entries.get(name or self.default)
+        if entry is None:
+            raise UnknownModel(name or self.default, self.names())
+        return entry
+
+    def serving(self, name: str | None = None) -> Version:
+        """The version answering ``name`` (default: the default model) now."""
+        entry = self.entry(name)
+        if entry.live is None:
+            raise ModelUnavailable(f"model {entry.name!r} is {entry.state}: {entry.error or ''}")
+        return entry.live
+
+    async def load(
+        self, name: str, path: Path, checkpoint: Checkpoint | None = None, strict: bool = False
+    ) -> Entry:
+        """Load ``path`` as the new version of ``name`` and swap it in; on failure the
+        old version (if any) keeps serving and the entry records the error (``strict``:
+        and the error is raised)."""
+        entry = self.entries.setdefault(name, Entry(name, path))
+        async with entry.lock:
+            entry.stamp, entry.loading = file_stamp(path), True
+            try:
+                runtime = await self._start_runtime(name, path, checkpoint)
+            except Exception as exc:
+                self._failed(entry, exc)
+                if strict:
+                    raise
+                return entry
+            finally:
+                entry.loading = False
+            old, entry.live, entry.error = entry.live, Version(runtime), None
+            self.metrics.describe_model(
+                name, runtime.checkpoint, str(runtime.device), lambda: runtime.batcher.queued_rows
+            )
+            logger.info("model %s: serving %s (%s)", name, path, runtime.checkpoint.sha256[:12])
+        if old is not None:
+            self.metrics.swaps.labels(name).inc()
+            await self._retire(old)
+        return entry
+
+    async def _start_runtime(
+        self, name: str, path: Path, checkpoint: Checkpoint | None
+    ) -> ModelRuntime:
+        started = time.perf_counter()
+        if checkpoint is None:
+            checkpoint = await asyncio.to_thread(load_checkpoint, path, self.settings.device)
+            self.metrics.load_seconds.labels(name).set(time.perf_counter() - started)
+        runtime = ModelRuntime(checkpoint, batching(self.settings))
+        started = time.perf_counter()
+        try:
+            await runtime.start()
+        except BaseException:
+            await runtime.aclose()
+            raise
+        self.metrics.warmup_seconds.labels(name).set(time.perf_counter() - started)
+        runtime.batcher.on_batch = self.metrics.batch_hook(name)  # clients' batches only
+        self.metrics.loads.labels(name, "success").inc()
+        return runtime
+
+    def _failed(self, entry: Entry, exc: Exception) -> None:
+        entry.error = f"{entry.path.name}: {exc}"
+        self.metrics.loads.labels(entry.name, "failure").inc()
+        keeps = f"; {entry.live.sha256[:12]} keeps serving" if entry.live else ""
+        logger.error("model %s: cannot load %s%s", entry.name, entry.error, keeps)
+
+    async def _retire(self, version: Version) -> None:
+        """Close a version once no request holds it; its queued work is answered."""
+        version.retired = True
+        if version.leases:
+            await version.released.wait()
+        await version.runtime.aclose()
+
+    async def unload(self, name: str) -> None:
+        """Stop routing to ``name``, drain its version, and release it."""
+        entry = self.entries.pop(name)
+        self._seen.pop(name, None)
+        async with entry.lock:
+            if entry.live is not None:
+                await self._retire(entry.live)
+                entry.live = None
+        self.metrics.forget_model(name)
+        self.metrics.unloads.labels(name).inc()
+        logger.info("model %s: unloaded (%s is gone)", name, entry.path)
+
+    async def sync(self) -> None:
+        """One scan of the folder: load new and changed files, unload removed ones. A
+        change must hold still for one scan first, so a file still being copied in is
+        not read half-written."""
+        found = self.discover()
+        for name in [n for n in self.entries if n not in found]:
+            await self.unload(name)
+        for name, path in found.items():
+            stamp = file_stamp(path)
+            known = self.entries.get(name)
+            if known is not None and known.stamp == stamp:
+                continue
+            if self._seen.get(name) != stamp:
+                self._seen[name] = stamp
+                continue
+            await self.load(name, path)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.model_poll_s)
+            try:
+                await self.sync()
+            except Exception:  # a scan that failed (folder gone?) is tried again
+                logger.exception("model repository: scan of %s failed", self.settings.model_dir)
+
+    async def aclose(self) -> None:
+        """Stop watching; answer every queued request of every model."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        for entry in self.entries.values():
+            if entry.live is not None:
+                await entry.live.runtime.aclose()
+
+
+def batching(settings: Settings) -> Batching:
+    return Batching(
+        settings.max_batch_size,
+        settings.max_batch_delay_ms / 1000,
+        settings.max_queue_images,
+        settings.precision,
+    )
