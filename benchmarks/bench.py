@@ -3,12 +3,14 @@ FastAPI endpoint, all measured in one run on this machine.
 
     python -m benchmarks.bench --quick                      # a few minutes
     python -m benchmarks.bench --write BENCHMARKS.md        # the full run, written down
+    python -m benchmarks.bench --device cuda --precision bf16 --peers ''   # on a GPU
 
 Each server runs in its own subprocess with the same weights and torch thread count;
 wrk (or, without it, an async httpx client) drives it. Single-image /encode runs at
 concurrency 1, 8, 32 and 64; the batch workloads (256 images or latents a request) at
 --batch-concurrency. Ours is also soaked with --soak requests to check that resident
-memory stays flat.
+memory stays flat. With --device cuda, ours and the in-process baseline run on the GPU in
+--precision (the peers run on the CPU only, so they are left out).
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import torch
 
 from benchmarks import servers, workloads
 from benchmarks.load import Load, drive, have_wrk
 from model import load_weights
-from service.runtime import torch_threads
+from model.distributed import resolve_device
+from service.runtime import HALF, torch_threads
 
 SINGLE_CONCURRENCY = (1, 8, 32, 64)
 PEERS = ("litserve", "naive")
@@ -61,11 +65,44 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="torch threads in every server and in-process (default: the service's own choice)",
     )
     parser.add_argument("--peers", default=",".join(PEERS), help="peers to compare, or ''")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=["cpu", "cuda", "auto"],
+        help="where ours and the in-process baseline run (auto: CUDA if present)",
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", *HALF],
+        help="forward-pass precision on CUDA (VAE_PRECISION); the CPU runs fp32 only",
+    )
     parser.add_argument("--write", type=Path, help="also write the report to this Markdown file")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.soak = 2.0, 5_000
+    check_device(parser, args)
     return args
+
+
+def check_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Resolve --device to cpu or cuda:N, or stop with why it cannot be used."""
+    try:
+        args.device = str(resolve_device(args.device))
+    except (ValueError, RuntimeError) as exc:
+        parser.error(f"--device: {exc}")
+    cuda = args.device.startswith("cuda")
+    if not cuda and args.precision != "fp32":
+        parser.error(f"--precision {args.precision} needs CUDA: the service runs the CPU in fp32")
+    if cuda and args.peers:
+        parser.error("the peers run on the CPU only: add --peers '' with --device cuda")
+
+
+def device_name(device: str) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3, CUDA 13.0)``, or ``cpu``."""
+    if not device.startswith("cuda"):
+        return device
+    return f"{device} ({torch.cuda.get_device_name(device)}, CUDA {torch.version.cuda})"
 
 
 def measure_in_process(
@@ -73,8 +110,16 @@ def measure_in_process(
 ) -> dict[str, float]:
     torch.set_num_threads(threads)
     rates = {w.name: workloads.images_per_second(w, seconds) for w in all_work}
-    print(f"in-process ({torch.get_num_threads()} threads): {rates}", file=sys.stderr)
+    device = all_work[0].device
+    print(f"in-process ({torch.get_num_threads()} threads, {device}): {rates}", file=sys.stderr)
     return rates
+
+
+def in_process_work(weights: Path, args: argparse.Namespace) -> list[workloads.Workload]:
+    """The workloads, with the model in-process on --device in --precision."""
+    device = torch.device(args.device)
+    half = HALF.get(args.precision) if device.type == "cuda" else None
+    return workloads.build(load_weights(weights, device).model, device, half)
 
 
 def measure_server(
@@ -134,15 +179,29 @@ def soak(server: servers.Server, work: workloads.Workload, requests: int, rate: 
     return Soak(before, server.rss_mib(), sent, errors)
 
 
-def ours_env(threads: int) -> dict[str, str]:
-    return {"VAE_TORCH_THREADS": str(threads), "VAE_LOG_LEVEL": "warning"}
+def ours_env(args: argparse.Namespace) -> dict[str, str]:
+    return {
+        "VAE_TORCH_THREADS": str(args.threads),
+        "VAE_LOG_LEVEL": "warning",
+        "VAE_DEVICE": args.device,
+        "VAE_PRECISION": args.precision,
+    }
+
+
+def check_served_device(server: servers.Server, device: str) -> None:
+    """Ours must serve where it was asked to: its /model says where it runs."""
+    served = httpx.get(server.base_url + "/model", timeout=10).json()["device"]
+    if torch.device(served) != torch.device(device):
+        raise RuntimeError(f"ours serves on {served}, not on {device}")
 
 
 def run_server(
     name: str, weights: Path, all_work: list[workloads.Workload], args: argparse.Namespace
 ) -> tuple[dict[tuple[str, int], Load], Soak | None]:
-    server = servers.start(name, weights, args.threads, ours_env(args.threads))
+    server = servers.start(name, weights, args.threads, ours_env(args))
     try:
+        if name == "ours":
+            check_served_device(server, args.device)
         loads = measure_server(server, all_work, args)
         if name != "ours" or not args.soak:
             return loads, None
@@ -201,7 +260,7 @@ def machine() -> str:
 
 def collect(args: argparse.Namespace) -> tuple[list[Row], str, Soak | None]:
     weights, described = servers.weights_or_random(args.weights)
-    all_work = workloads.build(load_weights(weights).model)
+    all_work = in_process_work(weights, args)
     in_process = measure_in_process(all_work, args.seconds, args.threads)
     by_server, memory = {}, None
     for name in ("ours", *[p for p in args.peers.split(",") if p]):
@@ -256,8 +315,10 @@ def report(
     return "\n\n".join(
         [
             f"Machine: {machine()}. 1-minute load average when the run started: {load:.2f}.",
+            f"Device: {device_name(args.device)}, precision {args.precision}, in ours and"
+            " in-process; the peers, if any, run on the CPU.",
             f"Weights: {weights}. Torch threads, in every server and in-process: {args.threads}."
-            f" Each figure: {args.seconds:.0f} s of load after a 1 s warm-up.",
+            f" Each figure: {args.seconds:g} s of load after a 1 s warm-up.",
             table(rows),
             memory.describe() if memory else "No memory soak (--soak 0).",
             "Targets (issue 5), from the figures above:",

@@ -1,6 +1,7 @@
 """The benchmark's workloads: the HTTP request each server gets, and the same work done
 in-process (no HTTP): image decoding, the forward pass, and PNG encoding where the
-answer carries PNGs."""
+answer carries PNGs. In-process, the forward pass runs as the service runs it: on the
+chosen device, under autocast for half precision, and back as CPU float32."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import contextlib
 import io
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import orjson
@@ -19,11 +20,14 @@ from PIL import Image
 from benchmarks.load import Request
 from model import VAE, VAEConfig
 from model.data import IDX_DIRS, DataError, load_idx_split
+from service.batcher import Outputs
 from service.imaging import decode_images, encode_base64_pngs
+from service.runtime import run_guarded
 
 BATCH = 256
 SEED = 7
 NPY = "application/x-npy"
+CPU = torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Workload:
     images: int  # per request
     requests: dict[str, Request]  # server name -> its request; a peer without one skips it
     in_process: Callable[[], object]
+    device: torch.device = CPU  # where in_process runs the model
 
 
 def test_images(n: int, cfg: VAEConfig) -> np.ndarray:
@@ -61,8 +66,27 @@ def everywhere(request: Request) -> dict[str, Request]:
     return {"ours": request, "litserve": request, "naive": request}
 
 
-def build(model: VAE) -> list[Workload]:
+def forward_on(
+    device: torch.device, half: torch.dtype | None
+) -> Callable[[Callable[[torch.Tensor], Outputs], torch.Tensor], Outputs]:
+    """``forward(fn, batch)`` as the service's batcher thread does it (ModelRuntime._forward):
+    to the device (through pinned pages on CUDA), through ``fn``, back as CPU float32."""
+
+    def forward(fn: Callable[[torch.Tensor], Outputs], batch: torch.Tensor) -> Outputs:
+        if device.type == "cuda":
+            batch = batch.pin_memory().to(device, non_blocking=True)
+        return run_guarded(fn, batch, half)
+
+    return forward
+
+
+def build(
+    model: VAE, device: torch.device = CPU, half: torch.dtype | None = None
+) -> list[Workload]:
+    """The workloads, with ``model`` (already on ``device``) in-process in ``half`` precision
+    (None: float32)."""
     cfg = model.cfg
+    forward = forward_on(device, half)
     images = test_images(BATCH, cfg)
     pngs = [png_base64(image) for image in images]
     latents = torch.randn((BATCH, cfg.latent_dim), generator=torch.Generator().manual_seed(SEED))
@@ -81,38 +105,44 @@ def build(model: VAE) -> list[Workload]:
     def pngs_of(images: torch.Tensor) -> list[str]:
         return encode_base64_pngs(images.numpy())
 
+    def encode(batch: torch.Tensor) -> torch.Tensor:
+        return forward(model.encode, batch)[0]
+
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        return forward(lambda x: (model.decode(x),), z)[0]
+
     pixels = torch.from_numpy(images)
     unit = pixels[:, None] if cfg.channels == 1 else pixels.permute(0, 3, 1, 2)
-    return [
+    work = [
         Workload(
             "encode 1 image, JSON",
             1,
             everywhere(Request("POST", "/encode", one_png)),
-            lambda: model.encode(decode_pngs(pngs[:1]))[0].tolist(),
+            lambda: encode(decode_pngs(pngs[:1])).tolist(),
         ),
         Workload(
             f"encode {BATCH} images, JSON",
             BATCH,
             everywhere(Request("POST", "/encode", all_pngs)),
-            lambda: model.encode(decode_pngs(pngs))[0].tolist(),
+            lambda: encode(decode_pngs(pngs)).tolist(),
         ),
         Workload(
             f"encode {BATCH} images, npy",
             BATCH,
             {"ours": Request("POST", "/encode?format=npy", npy_body(images), NPY)},
-            lambda: model.encode(unit.float() / 255)[0].numpy(),
+            lambda: encode(unit.float() / 255).numpy(),
         ),
         Workload(
             f"decode {BATCH} latents, JSON",
             BATCH,
             everywhere(Request("POST", "/decode", z_json)),
-            lambda: pngs_of(model.decode(latents)),
+            lambda: pngs_of(decode(latents)),
         ),
         Workload(
             f"decode {BATCH} latents, npy",
             BATCH,
             {"ours": Request("POST", "/decode?format=npy", z_json)},
-            lambda: model.decode(latents).numpy(),
+            lambda: decode(latents).numpy(),
         ),
         Workload(
             f"sample n={BATCH}, JSON",
@@ -122,23 +152,33 @@ def build(model: VAE) -> list[Workload]:
                 "naive": Request("GET", sample_path),
                 "litserve": Request("POST", "/sample", orjson.dumps({"n": BATCH, "seed": SEED})),
             },
-            lambda: pngs_of(model.decode(prior())),
+            lambda: pngs_of(decode(prior())),
         ),
         Workload(
             f"sample n={BATCH}, npy",
             BATCH,
             {"ours": Request("GET", sample_path + "&format=npy")},
-            lambda: model.decode(prior()).numpy(),
+            lambda: decode(prior()).numpy(),
         ),
     ]
+    return [replace(w, device=device) for w in work]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that the clock covers it all."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def images_per_second(workload: Workload, seconds: float) -> float:
     """Run the in-process work back to back for about ``seconds``."""
     with torch.inference_mode():
         workload.in_process()  # warm-up
+        synchronize(workload.device)
         done, started = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - started) < seconds:
+        while True:
             workload.in_process()
+            synchronize(workload.device)
             done += workload.images
-    return done / elapsed
+            if (elapsed := time.perf_counter() - started) >= seconds:
+                return done / elapsed

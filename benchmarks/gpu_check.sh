@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# The GPU check, in one command, on a machine with an NVIDIA GPU, Python 3.12 with PyTorch
+# at python3, and no internet:
+#
+#   bash benchmarks/gpu_check.sh [OUTDIR]        # from the repository root; about 5 minutes
+#
+# Before the GPU session, on a machine that reaches PyPI, fill .whl/ (git-ignored) with the
+# wheels the GPU machine lacks: `PYTHON=.venv/bin/python bash benchmarks/gpu_wheels.sh`,
+# and carry .whl/ along with the working tree. Then this script:
+#   1. prints nvidia-smi and the torch and CUDA versions, and stops (exit 3) without CUDA;
+#   2. installs .whl/*.whl into /tmp/site (the project itself runs from this source tree);
+#   3. checks that every requirement of the service and its tests is met, and imports it;
+#   4. runs the CUDA tests (pytest -m cuda, tests/test_cuda.py) and the API tests (CPU);
+#   5. runs the throughput benchmark on cuda in fp32 and in bf16, short measurements.
+# A failed step is recorded and the next one runs all the same. OUTDIR (default
+# gpu-check-out) gets gpu-check.md (the summary with both benchmark reports),
+# gpu-check.log (everything printed) and bench-cuda-fp32.md, bench-cuda-bf16.md.
+# Exit status: 0 when every step passed, 1 when one failed, 3 without torch or CUDA, 2 on
+# misuse (no wheels to install, say).
+#
+# Settings (environment), for dry runs on a CPU and for tests:
+#   PYTHON=python3                 the interpreter that has torch
+#   GPU_CHECK_WHEELS=.whl          folder of wheels to install
+#   GPU_CHECK_SKIP_INSTALL=1       install nothing: the packages are importable already
+#   GPU_CHECK_DEVICE=cuda          cpu: a dry run of every step on the CPU (fp32 only)
+#   GPU_CHECK_PRECISIONS           default "fp32 bf16" on cuda, "fp32" on cpu
+#   GPU_CHECK_SECONDS=3            length of each benchmark measurement
+#   GPU_CHECK_SOAK=2000            requests in the benchmark's memory soak (0: none)
+#   GPU_CHECK_BUDGET_S=450         each step's limit is cut to what is left of this
+set -euo pipefail
+
+if [ $# -gt 1 ]; then
+  echo "usage: bash benchmarks/gpu_check.sh [OUTDIR]" >&2
+  exit 2
+fi
+mkdir -p "${1:-gpu-check-out}"
+OUTDIR=$(cd "${1:-gpu-check-out}" && pwd)
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PYTHON=${PYTHON:-python3}
+WHEELS=${GPU_CHECK_WHEELS:-.whl}
+SITE=${GPU_CHECK_SITE:-/tmp/site}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+if [ "$DEVICE" = cpu ]; then PRECISIONS=${GPU_CHECK_PRECISIONS:-fp32}; else
+  PRECISIONS=${GPU_CHECK_PRECISIONS:-fp32 bf16}; fi
+BENCH_SECONDS=${GPU_CHECK_SECONDS:-3}
+BUDGET=${GPU_CHECK_BUDGET_S:-450}  # no step runs past it, so the whole check ends in 8 minutes
+SOAK=${GPU_CHECK_SOAK:-2000}
+SUMMARY=$OUTDIR/gpu-check.md
+LOG=$OUTDIR/gpu-check.log
+export PYTHONUNBUFFERED=1
+ROWS=()
+FAILED=0
+GPU=none
+TORCH=unknown
+
+write_summary() {  # write_summary [WHY]: gpu-check.md from what has run so far
+  {
+    echo "# GPU check"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(uname -n), $(nproc) CPU cores."
+    echo "GPU: $GPU. $TORCH. Device: $DEVICE; precisions: $PRECISIONS;" \
+      "${BENCH_SECONDS} s a measurement, soak $SOAK requests."
+    if [ -n "${1:-}" ]; then printf '\n**Stopped: %s**\n' "$1"; fi
+    echo
+    echo "| step | result | seconds |"
+    echo "|---|---|---|"
+    if [ ${#ROWS[@]} -gt 0 ]; then printf '%s\n' "${ROWS[@]}"; fi
+    echo
+    echo "Total: ${SECONDS} s. Everything printed: gpu-check.log."
+    grep -E '^=* *[0-9]+ (passed|failed|skipped|errors?|deselected)[ ,].* in [0-9.]+s' "$LOG" 2>/dev/null \
+      | sed 's/^=* */- pytest: /; s/ *=*$//' || true
+    for p in $PRECISIONS; do
+      local report=$OUTDIR/bench-$DEVICE-$p.md
+      if [ -f "$report" ]; then
+        printf '\n## Benchmark: %s, %s\n\n' "$DEVICE" "$p"
+        sed '1,2{/^# /d;/^$/d}' "$report"
+      fi
+    done
+  } >"$SUMMARY"
+}
+
+fail() {  # fail STATUS WHY: stop at once, with WHY in the summary
+  echo "gpu_check.sh: $2" >&2
+  write_summary "$2"
+  exit "$1"
+}
+
+limited() {  # limited SECONDS COMMAND...: SIGINT past the limit, so Python cleans up
+  if command -v timeout >/dev/null; then timeout -s INT -k 30 "$@"; else shift; "$@"; fi
+}
+
+step() {  # step NAME LIMIT_S COMMAND...: run, log, record; a failure does not stop the script
+  local name=$1 limit=$2 started=$SECONDS rc=0 result=ok left=$((BUDGET - SECONDS))
+  shift 2
+  if [ "$left" -lt "$limit" ]; then limit=$left; fi
+  printf '\n=== %s (at most %s s): %s\n' "$name" "$limit" "$*"
+  if [ "$limit" -lt 15 ]; then
+    rc=1 result="**skipped**: the $BUDGET s budget is spent"
+  else
+    limited "$limit" "$@" || rc=$?
+  fi
+  if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    result="**timed out** after $limit s"
+  elif [ "$rc" -ne 0 ] && [ "$result" = ok ]; then
+    result="**failed** (exit $rc)"
+  fi
+  if [ "$rc" -ne 0 ]; then FAILED=1; fi
+  echo "=== $name: $result"
+  ROWS+=("| $name | $result | $((SECONDS - started)) |")
+  write_summary  # after every step: a run cut short still leaves one
+}
+
+environment() {
+  echo "=== machine: $(nproc) CPU cores, $(uname -sr), $PYTHON = $(command -v "$PYTHON" || echo missing)"
+  if command -v nvidia-smi >/dev/null; then
+    nvidia-smi || true
+    GPU=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader \
+      2>/dev/null | head -n1 || echo unknown)
+  else
+    echo "nvidia-smi: not found"
+  fi
+  TORCH=$("$PYTHON" -c 'import sys, torch
+print(f"Python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}),"
+      f" CUDA available: {torch.cuda.is_available()}, devices: {torch.cuda.device_count()}")') \
+    || fail 3 "$PYTHON cannot import torch"
+  echo "$TORCH"
+}
+
+require_cuda() {
+  if [ "$DEVICE" = cpu ]; then
+    echo "=== GPU_CHECK_DEVICE=cpu: a dry run on the CPU; the CUDA tests will skip"
+    return
+  fi
+  "$PYTHON" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' \
+    || fail 3 "no CUDA device: torch sees none ($TORCH; GPU: $GPU). Run this on the GPU machine, or set GPU_CHECK_DEVICE=cpu for a dry run."
+}
+
+install_wheels() {
+  if [ "${GPU_CHECK_SKIP_INSTALL:-0}" = 1 ]; then
+    echo "=== GPU_CHECK_SKIP_INSTALL=1: no wheels installed"
+    export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+    return
+  fi
+  shopt -s nullglob
+  local wheels=("$WHEELS"/*.whl)
+  shopt -u nullglob
+  if [ ${#wheels[@]} -eq 0 ]; then
+    fail 2 "no wheels in $WHEELS: run 'bash benchmarks/gpu_wheels.sh' where PyPI is reachable and carry $WHEELS, or set GPU_CHECK_SKIP_INSTALL=1"
+  fi
+  step "install ${#wheels[@]} wheels" 60 "$PYTHON" -m pip install -q --no-index --no-deps \
+    --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}"
+  export PYTHONPATH=$SITE:$ROOT
+}
+
+bench() {  # bench PRECISION
+  step "benchmark, $DEVICE $1" 170 "$PYTHON" -m benchmarks.bench --device "$DEVICE" \
+    --precision "$1" --seconds "$BENCH_SECONDS" --soak "$SOAK" --peers '' \
+    --write "$OUTDIR/bench-$DEVICE-$1.md"
+}
+
+main() {
+  environment
+  require_cuda
+  write_summary
+  install_wheels
+  step "requirements met" 30 "$PYTHON" -m benchmarks.gpu_wheels check
+  step "imports" 60 "$PYTHON" -c 'import benchmarks.bench, service.main; print("ok")'
+  step "CUDA tests (pytest -m cuda)" 150 "$PYTHON" -m pytest -p no:cacheprovider -q \
+    --timeout 120 -m cuda tests/test_cuda.py
+  step "API tests (CPU: the wheels at work)" 60 "$PYTHON" -m pytest -p no:cacheprovider -q \
+    --timeout 60 tests/test_api_inference.py
+  for p in $PRECISIONS; do bench "$p"; done
+  write_summary
+  echo
+  echo "=== done in $SECONDS s: $([ "$FAILED" = 0 ] && echo 'every step passed' || echo 'a step FAILED')"
+  echo "=== wrote $SUMMARY, $LOG$(for p in $PRECISIONS; do printf ', %s' "$OUTDIR/bench-$DEVICE-$p.md"; done)"
+  return "$FAILED"
+}
+
+: >"$LOG"
+rm -f "$OUTDIR"/bench-*.md  # an earlier run's reports would pass for this run's
+main 2>&1 | tee -a "$LOG"
