@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import io
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import uvicorn
 from PIL import Image
 
+from model import VAE, VAEConfig, save_weights
 from service.client import AsyncVAEClient, VAEClient, VAEError
 from service.main import create_app
 from service.settings import Settings
 
+ADMIN_KEY = "admin-key-for-tests"
 
-@pytest.fixture
-def server_url(api_settings: Settings) -> Iterator[str]:
+
+@contextlib.contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """The app on uvicorn, on a free loopback port, in a thread; yields its URL."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(api_settings), port=port, log_level="warning")
+    config = uvicorn.Config(create_app(settings), port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -32,9 +40,54 @@ def server_url(api_settings: Settings) -> Iterator[str]:
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture
+def server_url(api_settings: Settings) -> Iterator[str]:
+    with serving(api_settings) as url:
+        yield url
+
+
+def tiny_weights_file(folder: Path, name: str, config: VAEConfig, seed: int) -> Path:
+    torch.manual_seed(seed)
+    meta = {"data": {"name": "synthetic", "shape": [1, 28, 28]}, "training": {"epochs": 0}}
+    return save_weights(folder / f"{name}.safetensors", VAE(config).eval(), meta)
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path, tiny_config: VAEConfig) -> Path:
+    """A repository of two tiny models with different weights: alpha and beta."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    for seed, name in enumerate(("alpha", "beta")):
+        tiny_weights_file(folder, name, tiny_config, seed)
+    return folder
+
+
+@pytest.fixture
+def repository_url(api_settings: Settings, model_dir: Path) -> Iterator[str]:
+    """A server of the repository, alpha the default, with an admin key; the folder is
+    scanned once a minute, so that only reloads change what serves."""
+    settings = Settings(
+        **{
+            **api_settings.model_dump(),
+            "model_dir": model_dir,
+            "default_model": "alpha",
+            "model_poll_s": 60,
+            "admin_keys": [ADMIN_KEY],
+        }
+    )
+    with serving(settings) as url:
+        yield url
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -121,5 +174,112 @@ def test_async_client_speaks_the_same(server_url: str) -> None:
             assert drawn.images.shape == (2, 28, 28, 1)  # type: ignore[union-attr]
             with pytest.raises(VAEError):
                 await vae.sample(10_000)
+
+    asyncio.run(main())
+
+
+def test_models_are_listed_and_described(repository_url: str, model_dir: Path) -> None:
+    with VAEClient(repository_url) as vae:
+        listing = vae.models()
+        assert listing["default"] == "alpha"
+        by_name = {entry["name"]: entry for entry in listing["models"]}
+        assert sorted(by_name) == ["alpha", "beta"]
+        for name, entry in by_name.items():
+            assert entry["state"] == "ready" and entry["error"] is None
+            assert entry["sha256"] == sha256_of(model_dir / f"{name}.safetensors")
+            assert entry["latent_dim"] == 4 and entry["image_shape"] == [1, 28, 28]
+        assert by_name["alpha"]["default"] and not by_name["beta"]["default"]
+        info = vae.model_info("beta")
+        assert info["name"] == "beta" and info["weights"] == "beta.safetensors"
+        assert info["sha256"] == by_name["beta"]["sha256"]
+        assert vae.model()["name"] == "alpha"  # unbound: the default model
+        assert vae.for_model("beta").model() == info
+
+
+def test_a_bound_client_is_answered_by_its_model(repository_url: str, model_dir: Path) -> None:
+    images = pixels(2)
+    with VAEClient(repository_url) as vae, VAEClient(repository_url, model="beta") as beta:
+        alpha = vae.for_model("alpha")
+        assert alpha.ready() and beta.ready()
+        by_alpha, by_beta, by_default = (
+            alpha.encode(images),
+            beta.encode(images),
+            vae.encode(images),
+        )
+        assert (by_alpha.model, by_beta.model, by_default.model) == ("alpha", "beta", "alpha")
+        assert by_alpha.sha256 == sha256_of(model_dir / "alpha.safetensors")
+        assert by_beta.sha256 == sha256_of(model_dir / "beta.safetensors")
+        assert not np.allclose(by_alpha.mean, by_beta.mean)  # different weights
+        np.testing.assert_array_equal(by_default.mean, by_alpha.mean)
+        drawn = beta.sample(2, seed=3)  # JSON answers carry the headers too
+        assert drawn.model == "beta" and drawn.sha256 == by_beta.sha256
+        assert beta.decode(np.zeros((1, 4)), as_array=True).model == "beta"
+        assert beta.reconstruct(images).model == "beta"
+        assert beta.interpolate([0.0] * 4, [1.0] * 4, steps=2).model == "beta"
+        alpha.close()  # a bound view leaves the shared connections open
+        assert vae.health() == {"status": "ok"}
+
+
+def test_an_unknown_model_is_a_404_naming_the_known_ones(repository_url: str) -> None:
+    with VAEClient(repository_url) as vae:
+        gamma = vae.for_model("gamma")
+        for call in (gamma.model, lambda: gamma.encode(pixels(1)), lambda: gamma.sample(1)):
+            with pytest.raises(VAEError) as err:
+                call()
+            assert err.value.status_code == 404
+            assert "gamma" in str(err.value.detail) and "alpha, beta" in str(err.value.detail)
+        assert gamma.ready() is False
+        with pytest.raises(VAEError) as err:
+            vae.reload("gamma", admin_key=ADMIN_KEY)
+        assert err.value.status_code == 404
+    with pytest.raises(ValueError, match="not a model name"):
+        VAEClient(repository_url, model="..")
+
+
+def test_reload_needs_an_admin_key(repository_url: str, server_url: str) -> None:
+    with VAEClient(repository_url) as vae:
+        for key in (None, "wrong"):
+            with pytest.raises(VAEError) as err:
+                vae.reload("beta", admin_key=key)
+            assert err.value.status_code == 403 and "admin key" in str(err.value.detail)
+    with VAEClient(server_url) as single, pytest.raises(VAEError) as err:
+        single.reload(single.model()["name"], admin_key="any")  # no VAE_ADMIN_KEYS at all
+    assert err.value.status_code == 403 and "VAE_ADMIN_KEYS" in str(err.value.detail)
+
+
+def test_reload_swaps_in_a_new_file_and_keeps_the_old_on_a_bad_one(
+    repository_url: str, model_dir: Path, tiny_config: VAEConfig
+) -> None:
+    beta_file = model_dir / "beta.safetensors"
+    with VAEClient(repository_url, model="beta") as beta:
+        old = beta.encode(pixels(1))
+        tiny_weights_file(model_dir, "beta", tiny_config, seed=7)
+        swapped = beta.reload("beta", admin_key=ADMIN_KEY)
+        assert swapped["state"] == "ready" and swapped["sha256"] == sha256_of(beta_file)
+        new = beta.encode(pixels(1))
+        assert new.sha256 == swapped["sha256"] != old.sha256
+        beta_file.write_bytes(b"not a safetensors file")
+        with pytest.raises(VAEError) as err:
+            beta.reload("beta", admin_key=ADMIN_KEY)
+        assert err.value.status_code == 422 and "beta.safetensors" in str(err.value.detail)
+        assert beta.encode(pixels(1)).sha256 == new.sha256  # the old version serves on
+        (entry,) = [m for m in beta.models()["models"] if m["name"] == "beta"]
+        assert entry["state"] == "ready" and "beta.safetensors" in entry["error"]
+
+
+def test_async_client_binds_to_a_model(repository_url: str) -> None:
+    async def main() -> None:
+        async with AsyncVAEClient(repository_url, model="beta") as beta:
+            assert await beta.ready()
+            assert (await beta.model())["name"] == "beta"
+            assert [m["name"] for m in (await beta.models())["models"]] == ["alpha", "beta"]
+            assert (await beta.model_info("alpha"))["name"] == "alpha"
+            answers = await asyncio.gather(
+                beta.encode(pixels(1)), beta.for_model("alpha").sample(1)
+            )
+            assert [a.model for a in answers] == ["beta", "alpha"]
+            with pytest.raises(VAEError) as err:
+                await beta.reload("beta")
+            assert err.value.status_code == 403
 
     asyncio.run(main())
