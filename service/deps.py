@@ -46,13 +46,21 @@ async def model_path(request: Request, model: ModelName) -> None:
 
 def serving(repository: ModelRepository, name: str | None) -> Version:
     """The version answering ``name`` (None: the default model) now: 404 for an
-    unknown model, 503 until it is loaded and warmed up."""
+    unknown model, 503 until it is loaded and warmed up (and while the default
+    model's file is not in VAE_MODEL_DIR yet: the service is not ready)."""
     try:
         return repository.serving(name)
     except UnknownModel as exc:
+        if name is None:
+            raise NotReady(str(exc), headers=RETRY) from None
         raise ModelNotFound(str(exc)) from None
     except ModelUnavailable as exc:
         raise NotReady(str(exc), headers=RETRY) from None
+
+
+def tag(request: Request, name: str, sha256: str) -> None:
+    """Record which model version answers: for the X-Model headers and the metrics."""
+    setattr(request.state, MODEL_STATE, (name, sha256))
 
 
 async def get_runtime(request: Request) -> AsyncIterator[ModelRuntime]:
@@ -62,7 +70,7 @@ async def get_runtime(request: Request) -> AsyncIterator[ModelRuntime]:
     repository = get_repository(request)
     name = request.path_params.get("model")
     version = serving(repository, name)
-    setattr(request.state, MODEL_STATE, (name or repository.default, version.sha256))
+    tag(request, name or repository.default, version.sha256)
     with version.held():
         yield version.runtime
 

@@ -10,9 +10,9 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from service.auth import bearer_token, digest, key_matches
-from service.deps import ModelName, Repository, Runtime, serving
+from service.deps import ModelName, Repository, Runtime, serving, tag
 from service.errors import Forbidden, ModelNotFound, Unprocessable
-from service.repository import Entry
+from service.repository import Entry, UnknownModel
 from service.routes.ops import describe
 from service.schemas import ModelInfo, Status, error_responses
 
@@ -71,9 +71,9 @@ async def model_info(model: ModelName, runtime: Runtime) -> ModelInfo:
 @router.get(
     "/models/{model}/ready", response_model=Status, responses=error_responses(401, 404, 503)
 )
-async def model_ready(model: ModelName, repository: Repository) -> Status:
+async def model_ready(model: ModelName, repository: Repository, request: Request) -> Status:
     """200 once this model is loaded and warmed up; 503 before."""
-    serving(repository, model)
+    tag(request, model, serving(repository, model).sha256)
     return Status(status="ready")
 
 
@@ -93,13 +93,15 @@ async def require_admin(request: Request) -> None:
     dependencies=[Depends(require_admin)],
     responses=error_responses(401, 403, 404, 422, 503),
 )
-async def reload_model(model: ModelName, repository: Repository) -> ModelSummary:
+async def reload_model(model: ModelName, repository: Repository, request: Request) -> ModelSummary:
     """Load the model's file again now, warm it up beside the serving version, and
     swap it in; a file that does not load leaves the old version serving (422)."""
     entry = repository.entries.get(model)
     if entry is None or not entry.path.is_file():
-        raise ModelNotFound(f"no model file for {model!r}; known models: {repository.names()}")
+        raise ModelNotFound(str(UnknownModel(model, repository.names())))
     entry = await repository.load(model, entry.path)
+    if entry.live is not None:
+        tag(request, model, entry.live.sha256)
     if entry.error is not None:
         raise Unprocessable(entry.error)
     return summary(entry, repository.default)
