@@ -31,6 +31,7 @@ from benchmarks import servers, workloads
 from benchmarks.load import Load, drive, have_wrk
 from model import load_weights
 from model.distributed import resolve_device
+from service.repository import model_name
 from service.runtime import HALF, torch_threads
 
 SINGLE_CONCURRENCY = (1, 8, 32, 64)
@@ -119,7 +120,7 @@ def in_process_work(weights: Path, args: argparse.Namespace) -> list[workloads.W
     """The workloads, with the model in-process on --device in --precision."""
     device = torch.device(args.device)
     half = HALF.get(args.precision) if device.type == "cuda" else None
-    return workloads.build(load_weights(weights, device).model, device, half)
+    return workloads.build(load_weights(weights, device).model, device, half, model_name(weights))
 
 
 def measure_server(

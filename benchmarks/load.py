@@ -19,7 +19,7 @@ import httpx
 WRK_SCRIPT = """
 wrk.method = "{method}"
 wrk.headers["Content-Type"] = "{content_type}"
-local f = io.open("{body_path}", "rb")
+{extra_headers}local f = io.open("{body_path}", "rb")
 wrk.body = f:read("*all")
 f:close()
 done = function(summary, latency, requests)
@@ -39,6 +39,7 @@ class Request:
     path: str
     body: bytes = b""
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()  # more, such as Inference-Header-Content-Length
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,10 @@ def drive_wrk(base_url: str, request: Request, concurrency: int, seconds: float)
         body.write_bytes(request.body)
         script.write_text(
             WRK_SCRIPT.format(
-                method=request.method, content_type=request.content_type, body_path=body
+                method=request.method,
+                content_type=request.content_type,
+                body_path=body,
+                extra_headers="".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in request.headers),
             )
         )
         # One wrk thread: the server under test needs the machine's other cores.
@@ -90,7 +94,7 @@ async def drive_httpx(base_url: str, request: Request, concurrency: int, seconds
     latencies: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    headers = {"content-type": request.content_type}
+    headers = {"content-type": request.content_type, **dict(request.headers)}
     async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
         started = time.perf_counter()
         stop = started + seconds

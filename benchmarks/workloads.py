@@ -22,11 +22,14 @@ from model import VAE, VAEConfig
 from model.data import IDX_DIRS, DataError, load_idx_split
 from service.batcher import Outputs
 from service.imaging import decode_images, encode_base64_pngs
+from service.oip import HEADER_LENGTH
+from service.repository import FALLBACK_DEFAULT
 from service.runtime import run_guarded
 
 BATCH = 256
 SEED = 7
 NPY = "application/x-npy"
+OCTETS = "application/octet-stream"
 CPU = torch.device("cpu")
 
 
@@ -62,6 +65,23 @@ def npy_body(array: np.ndarray) -> bytes:
     return out.getvalue()
 
 
+def oip_binary(model: str, name: str, array: np.ndarray, outputs: list[str]) -> Request:
+    """An Open Inference Protocol request (KServe v2) with its FP32 input and every output
+    as binary tensor data: ``model`` is the protocol's name (NAME-encoder, NAME-decoder)."""
+    data = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    tensor = {"name": name, "datatype": "FP32", "shape": list(array.shape)}
+    header = orjson.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": len(data)}}],
+            "outputs": [{"name": o, "parameters": {"binary_data": True}} for o in outputs],
+        }
+    )
+    return Request(
+        "POST", f"/v2/models/{model}/infer", header + data, OCTETS,
+        ((HEADER_LENGTH, str(len(header))),),
+    )  # fmt: skip
+
+
 def everywhere(request: Request) -> dict[str, Request]:
     return {"ours": request, "litserve": request, "naive": request}
 
@@ -81,10 +101,13 @@ def forward_on(
 
 
 def build(
-    model: VAE, device: torch.device = CPU, half: torch.dtype | None = None
+    model: VAE,
+    device: torch.device = CPU,
+    half: torch.dtype | None = None,
+    served: str = FALLBACK_DEFAULT,
 ) -> list[Workload]:
     """The workloads, with ``model`` (already on ``device``) in-process in ``half`` precision
-    (None: float32)."""
+    (None: float32); ``served`` is the model's name in our server (for the /v2 paths)."""
     cfg = model.cfg
     forward = forward_on(device, half)
     images = test_images(BATCH, cfg)
@@ -113,6 +136,7 @@ def build(
 
     pixels = torch.from_numpy(images)
     unit = pixels[:, None] if cfg.channels == 1 else pixels.permute(0, 3, 1, 2)
+    unit_floats = (unit.float() / 255).numpy()
     work = [
         Workload(
             "encode 1 image, JSON",
@@ -133,6 +157,12 @@ def build(
             lambda: encode(unit.float() / 255).numpy(),
         ),
         Workload(
+            f"encode {BATCH} images, OIP binary",
+            BATCH,
+            {"ours": oip_binary(f"{served}-encoder", "images", unit_floats, ["mean", "logvar"])},
+            lambda: encode(unit.float() / 255).numpy(),
+        ),
+        Workload(
             f"decode {BATCH} latents, JSON",
             BATCH,
             everywhere(Request("POST", "/decode", z_json)),
@@ -142,6 +172,12 @@ def build(
             f"decode {BATCH} latents, npy",
             BATCH,
             {"ours": Request("POST", "/decode?format=npy", z_json)},
+            lambda: decode(latents).numpy(),
+        ),
+        Workload(
+            f"decode {BATCH} latents, OIP binary",
+            BATCH,
+            {"ours": oip_binary(f"{served}-decoder", "z", latents.numpy(), ["images"])},
             lambda: decode(latents).numpy(),
         ),
         Workload(
