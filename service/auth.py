@@ -22,6 +22,17 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/re
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 
+# Browsers must reach the playground's page and files without a key too
+# (service/routes/playground.py): they hold no data, and the page's API calls send the
+# key typed into it. Only that route serves under /playground/.
+PAGE_PATHS = frozenset({"/", "/playground"})
+PAGE_PREFIX = "/playground/"
+
+
+def is_open(path: str) -> bool:
+    return path in OPEN_PATHS or path in PAGE_PATHS or path.startswith(PAGE_PREFIX)
+
+
 def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode()).digest()
 
@@ -52,7 +63,7 @@ class ApiKeyAuth:
             raise ValueError("ApiKeyAuth needs at least one key")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._allowed(scope):
+        if scope["type"] != "http" or is_open(scope["path"]) or self._allowed(scope):
             await self.app(scope, receive, send)
             return
         reply = JSONResponse(
