@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,18 +115,23 @@ class ModelRepository:
         self.default = settings.default_model or FALLBACK_DEFAULT
         self._seen: dict[str, Stamp | None] = {}  # changes waiting one scan to settle
         self._watcher: asyncio.Task[None] | None = None
+        self._ignored: set[str] = set()  # files logged as ignored: once each, not every scan
 
     def discover(self) -> dict[str, Path]:
         """Model name -> weights file, as the settings and the folder say now."""
         folder = self.settings.model_dir
         if folder is None:
             return {model_name(self.settings.weights): self.settings.weights}
-        found = {}
+        found: dict[str, Path] = {}
+        ignored: set[str] = set()
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.suffix == SUFFIX and NAME.fullmatch(path.stem):
                 found[path.stem] = path
             elif not path.name.startswith("."):
-                logger.info("model repository: ignoring %s (not NAME%s)", path, SUFFIX)
+                ignored.add(path.name)
+                if path.name not in self._ignored:
+                    logger.info("model repository: ignoring %s (not NAME%s)", path, SUFFIX)
+        self._ignored = ignored
         return found
 
     async def start(self, preloaded: Checkpoint | None = None) -> None:
@@ -185,6 +191,8 @@ class ModelRepository:
         if old is not None:
             self.metrics.swaps.labels(name).inc()
             await self._retire(old)
+            del old
+        await asyncio.to_thread(release_memory)  # the warm-up's and any old version's pages
         return entry
 
     async def _start_runtime(
@@ -218,6 +226,10 @@ class ModelRepository:
         if version.leases:
             await version.released.wait()
         await version.runtime.aclose()
+        # The batcher's operations are the runtime's bound methods: a cycle, which the
+        # collector never frees for a version loaded at start-up (gc.freeze). Nothing
+        # submits to a closed, released version, so break the cycle and free the weights.
+        version.runtime.batcher.operations.clear()
 
     async def unload(self, name: str) -> None:
         """Stop routing to ``name``, drain its version, and release it."""
@@ -228,6 +240,7 @@ class ModelRepository:
                 await self._retire(entry.live)
                 entry.live = None
         self.metrics.forget_model(name)
+        await asyncio.to_thread(release_memory)
         self.metrics.unloads.labels(name).inc()
         logger.info("model %s: unloaded (%s is gone)", name, entry.path)
 
@@ -265,6 +278,26 @@ class ModelRepository:
         for entry in self.entries.values():
             if entry.live is not None:
                 await entry.live.runtime.aclose()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Give freed pages back to the OS: glibc keeps them for reuse, in the malloc arena
+    of the thread that freed them. Each model's batcher thread has its own arena, where
+    its warm-up's buffers stayed resident (4 copies of the default weights: 730 MiB RSS,
+    568 after a trim), and so did a swapped-out version's (5-15% more RSS after swaps)."""
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
 
 
 def batching(settings: Settings) -> Batching:
