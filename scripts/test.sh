@@ -13,8 +13,13 @@ if [ -z "${VAE_VENV:-}" ]; then
 fi
 [ -x "$VAE_VENV/bin/python" ] || python3 -m venv "$VAE_VENV"
 "$VAE_VENV/bin/python" -m pip install -q -c constraints.txt torch==2.13.0 -e '.[dev]'
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
-  echo "installing Debian's dataset-fashion-mnist (the tests train on small subsets of it)"
-  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) >/dev/null
+# Debian packages the tests use: Fashion-MNIST (they train on small subsets of it) and a
+# real Chromium for the playground's browser tests.
+missing=()
+[ -d /usr/share/datasets/fashion-mnist ] || missing+=(dataset-fashion-mnist)
+command -v chromium >/dev/null || missing+=(chromium)
+if [ ${#missing[@]} -gt 0 ] && command -v apt-get >/dev/null; then
+  echo "installing Debian's ${missing[*]}"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}") >/dev/null
 fi
 "$VAE_VENV/bin/python" -m pytest "$@"
