@@ -527,9 +527,15 @@ def test_keyboard_labels_and_a_narrow_screen(
 
 
 def test_screenshot_and_load_figures(
-    servers: dict[str, Server], open_page: Callable[..., Watched], tmp_path: Path
+    servers: dict[str, Server],
+    open_page: Callable[..., Watched],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every panel in use, in one picture; and what loading the page costs."""
+    # An app started in this process earlier may have lowered Pillow's process-wide
+    # decompression-bomb limit (VAE_MAX_PIXELS_PER_IMAGE); the screenshot is larger.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     page = open_page(servers["bundled"]).page
     transfer = page.evaluate(
         """() => [...performance.getEntriesByType("navigation"),
