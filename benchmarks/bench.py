@@ -2,15 +2,20 @@
 FastAPI endpoint, all measured in one run on this machine.
 
     python -m benchmarks.bench --quick                      # a few minutes
-    python -m benchmarks.bench --write BENCHMARKS.md        # the full run, written down
+    python -m benchmarks.bench --write BENCHMARKS.md        # the full run, into its own section
     python -m benchmarks.bench --device cuda --precision bf16 --peers ''   # on a GPU
 
 Each server runs in its own subprocess with the same weights and torch thread count;
 wrk (or, without it, an async httpx client) drives it. Single-image /encode runs at
 concurrency 1, 8, 32 and 64; the batch workloads (256 images or latents a request) at
 --batch-concurrency. Ours is also soaked with --soak requests to check that resident
-memory stays flat. With --device cuda, ours and the in-process baseline run on the GPU in
---precision (the peers run on the CPU only, so they are left out).
+memory stays flat. Then, on a fresh server of ours, fair batching and load shedding
+(benchmarks/scheduling.py; --no-scheduling leaves them out). With --device cuda, ours and
+the in-process baseline run on the GPU in --precision (the peers run on the CPU only, so
+they are left out).
+
+--write FILE writes the report between the markers WRITE_START and WRITE_END in FILE
+(appended at its end the first time), so text around them stays as it is.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 import httpx
 import torch
 
-from benchmarks import servers, workloads
+from benchmarks import scheduling, servers, workloads
 from benchmarks.load import Load, drive, have_wrk
 from model import load_weights
 from model.distributed import resolve_device
@@ -35,6 +40,8 @@ from service.repository import model_name
 from service.runtime import HALF, torch_threads
 
 SINGLE_CONCURRENCY = (1, 8, 32, 64)
+WRITE_START = "<!-- benchmarks.bench: start of its report; the run rewrites what follows -->"
+WRITE_END = "<!-- benchmarks.bench: end of its report -->"
 PEERS = ("litserve", "naive")
 
 
@@ -78,7 +85,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["fp32", *HALF],
         help="forward-pass precision on CUDA (VAE_PRECISION); the CPU runs fp32 only",
     )
-    parser.add_argument("--write", type=Path, help="also write the report to this Markdown file")
+    parser.add_argument(
+        "--no-scheduling",
+        dest="scheduling",
+        action="store_false",
+        help="leave out the fairness and shedding runs",
+    )
+    parser.add_argument(
+        "--write", type=Path, help="also write the report into its own section of this file"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.soak = 2.0, 5_000
@@ -259,7 +274,10 @@ def machine() -> str:
     )
 
 
-def collect(args: argparse.Namespace) -> tuple[list[Row], str, Soak | None]:
+Scheduled = tuple[scheduling.Fairness, scheduling.Shedding] | None
+
+
+def collect(args: argparse.Namespace) -> tuple[list[Row], str, Soak | None, Scheduled]:
     weights, described = servers.weights_or_random(args.weights)
     all_work = in_process_work(weights, args)
     in_process = measure_in_process(all_work, args.seconds, args.threads)
@@ -275,14 +293,31 @@ def collect(args: argparse.Namespace) -> tuple[list[Row], str, Soak | None]:
                 s: by_server[s][work.name, c] for s in by_server if (work.name, c) in by_server[s]
             }
             rows.append(Row(work, c, in_process[work.name], loads))
-    return rows, described, memory
+    scheduled = None
+    if args.scheduling:
+        env = {**ours_env(args), **scheduling.SHED_ENV}
+        scheduled = scheduling.measure(weights, env, args.threads, args.seconds)
+    return rows, described, memory, scheduled
 
 
-def verdicts(rows: list[Row], memory: Soak | None) -> list[tuple[str, str, bool]]:
-    """The issue's targets against this run's figures: (target, measured, met)."""
+def verdicts(
+    rows: list[Row], memory: Soak | None, scheduled: Scheduled = None
+) -> list[tuple[str, str, bool]]:
+    """The issues' targets against this run's figures: (target, measured, met)."""
     single = next(r for r in rows if r.workload.images == 1 and r.concurrency == 32)
     ours, lit = single.loads["ours"], single.images_per_s("litserve")
-    checks = [
+    alone = next(r for r in rows if r.workload.images == 1 and r.concurrency == 1)
+    lit_alone = alone.loads.get("litserve")
+    checks = []
+    if lit_alone:  # issue 14
+        p50, lit_p50 = alone.loads["ours"].p50_ms, lit_alone.p50_ms
+        checks.append(("single-image /encode, c=1: p50 ≤ 0.5× LitServe's",
+                       f"{p50 / lit_p50:.2f}× ({p50:.2f} / {lit_p50:.2f} ms)",
+                       p50 <= 0.5 * lit_p50))  # fmt: skip
+    if lit:
+        checks.append(("single-image /encode, c=32: ≥ 2.5× LitServe", f"{ours.rate / lit:.2f}×",
+                       ours.rate >= 2.5 * lit))  # fmt: skip
+    checks += [
         ("single-image /encode, c=32: ≥ 1,500 req/s", f"{ours.rate:,.0f} req/s", ours.rate >= 1500),
         ("single-image /encode, c=32: p99 ≤ 50 ms", f"{ours.p99_ms:.1f} ms", ours.p99_ms <= 50),
     ]
@@ -295,6 +330,8 @@ def verdicts(rows: list[Row], memory: Soak | None) -> list[tuple[str, str, bool]
             share = mine / row.in_process
             checks.append((f"{row.workload.name}: ≥ 80% of in-process", f"{share:.0%}",
                            share >= 0.8))  # fmt: skip
+    if scheduled:
+        checks += scheduling.verdicts(*scheduled)
     if memory:
         checks.append((f"resident memory: < 5% growth over ≥ {100_000:,} requests",
                        f"{memory.growth:+.1%} over {memory.requests:,}",
@@ -302,15 +339,43 @@ def verdicts(rows: list[Row], memory: Soak | None) -> list[tuple[str, str, bool]
     return checks
 
 
-def targets_table(rows: list[Row], memory: Soak | None) -> str:
+def targets_table(rows: list[Row], memory: Soak | None, scheduled: Scheduled = None) -> str:
     lines = ["| target | measured | met |", "|---|---|---|"]
-    for target, measured, met in verdicts(rows, memory):
+    for target, measured, met in verdicts(rows, memory, scheduled):
         lines.append(f"| {target} | {measured} | {'yes' if met else '**no**'} |")
     return "\n".join(lines)
 
 
+def scheduling_text(scheduled: Scheduled) -> str:
+    if scheduled is None:
+        return "No fairness or shedding runs (--no-scheduling)."
+    f, s = scheduled
+    return (
+        f"Fair batching and shedding, on a fresh server of ours with "
+        f"VAE_MAX_QUEUE_WAIT_MS={scheduling.SHED_ENV['VAE_MAX_QUEUE_WAIT_MS']} "
+        "(benchmarks/scheduling.py, its own client, latencies by status): single-image "
+        f"/encode at c={scheduling.SMALL_CONCURRENCY} alone {f.small_alone.describe()}; "
+        f"{scheduling.BIG_IMAGES:,}-image npy /encode at c=1 alone {f.big_alone.describe()}; "
+        f"together: small {f.small_beside.describe()}, big {f.big_beside.describe()}. "
+        f"At c={scheduling.SHED_CONCURRENCY:,} (wrk and {scheduling.PROBES} timed "
+        f"connections): {s.load.describe()}"
+        + (
+            f"; wrk, all statuses together: {s.wrk.rate + s.wrk.non_2xx / s.wrk.seconds:,.0f} "
+            f"answers/s, {s.wrk.non_2xx:,} of {s.wrk.requests:,} not 2xx, p50 "
+            f"{s.wrk.p50_ms:.0f} ms, p99 {s.wrk.p99_ms:.0f} ms, {s.wrk.timeouts} timeouts."
+            if s.wrk
+            else "."
+        )
+    )
+
+
 def report(
-    rows: list[Row], weights: str, memory: Soak | None, load: float, args: argparse.Namespace
+    rows: list[Row],
+    weights: str,
+    memory: Soak | None,
+    load: float,
+    args: argparse.Namespace,
+    scheduled: Scheduled = None,
 ) -> str:
     command = shlex.join(["python", "-m", "benchmarks.bench", *sys.argv[1:]])
     return "\n\n".join(
@@ -322,8 +387,9 @@ def report(
             f" Each figure: {args.seconds:g} s of load after a 1 s warm-up.",
             table(rows),
             memory.describe() if memory else "No memory soak (--soak 0).",
-            "Targets (issue 5), from the figures above:",
-            targets_table(rows, memory),
+            scheduling_text(scheduled),
+            "Targets (issues 5 and 14), from the figures above:",
+            targets_table(rows, memory, scheduled),
             f"Command: `{command}` ({time.strftime('%Y-%m-%d')}).",
         ]
     )
@@ -332,11 +398,24 @@ def report(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     load = os.getloadavg()[0]
-    rows, weights, memory = collect(args)
-    text = report(rows, weights, memory, load, args)
+    rows, weights, memory, scheduled = collect(args)
+    text = report(rows, weights, memory, load, args, scheduled)
     print(text)
     if args.write:
-        args.write.write_text(f"# Benchmarks\n\n{text}\n")
+        write_section(args.write, text)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Put ``text`` between the markers in ``path``, or append it with them; the rest of
+    the file stays as it is."""
+    old = path.read_text() if path.exists() else ""
+    section = f"{WRITE_START}\n\n{text}\n\n{WRITE_END}"
+    if WRITE_START in old and WRITE_END in old:
+        head, rest = old.split(WRITE_START, 1)
+        new = head + section + rest.split(WRITE_END, 1)[1]
+    else:
+        new = (old.rstrip("\n") + "\n\n" if old else "") + section + "\n"
+    path.write_text(new)
 
 
 if __name__ == "__main__":

@@ -24,9 +24,9 @@ wrk.body = f:read("*all")
 f:close()
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format("RESULT %d %d %.1f %.1f %d\\n", summary.requests, summary.duration,
-    latency:percentile(50), latency:percentile(99),
-    e.connect + e.read + e.write + e.status + e.timeout))
+  io.write(string.format("RESULT %d %d %.1f %.1f %d %d %d\\n", summary.requests,
+    summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect + e.read + e.write + e.status + e.timeout, e.timeout, e.status))
 end
 """
 
@@ -51,6 +51,8 @@ class Load:
     p50_ms: float
     p99_ms: float
     errors: int
+    timeouts: int = 0  # of the errors: requests unanswered within the client's timeout
+    non_2xx: int = 0  # of the errors: answers with a status other than 2xx or 3xx
 
     @property
     def rate(self) -> float:
@@ -69,7 +71,9 @@ def drive(base_url: str, request: Request, concurrency: int, seconds: float) -> 
     return asyncio.run(drive_httpx(base_url, request, concurrency, seconds))
 
 
-def drive_wrk(base_url: str, request: Request, concurrency: int, seconds: float) -> Load:
+def drive_wrk(
+    base_url: str, request: Request, concurrency: int, seconds: float, timeout: str = "30s"
+) -> Load:
     with tempfile.TemporaryDirectory() as tmp:
         body, script = Path(tmp, "body"), Path(tmp, "script.lua")
         body.write_bytes(request.body)
@@ -83,11 +87,19 @@ def drive_wrk(base_url: str, request: Request, concurrency: int, seconds: float)
         )
         # One wrk thread: the server under test needs the machine's other cores.
         command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s"]
-        command += ["--latency", "--timeout", "30s", "-s", str(script), base_url + request.path]
+        command += ["--latency", "--timeout", timeout, "-s", str(script), base_url + request.path]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     line = next(line for line in out.splitlines() if line.startswith("RESULT "))
-    requests, micros, p50, p99, errors = line.split()[1:]
-    return Load(int(requests), int(micros) / 1e6, float(p50) / 1e3, float(p99) / 1e3, int(errors))
+    requests, micros, p50, p99, errors, timeouts, status = line.split()[1:]
+    return Load(
+        int(requests),
+        int(micros) / 1e6,
+        float(p50) / 1e3,
+        float(p99) / 1e3,
+        int(errors),
+        int(timeouts),
+        int(status),
+    )
 
 
 async def drive_httpx(base_url: str, request: Request, concurrency: int, seconds: float) -> Load:

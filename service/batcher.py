@@ -1,18 +1,25 @@
-"""Dynamic batching in the manner of Triton's dynamic batcher.
+"""Dynamic batching in the manner of Triton's dynamic batcher, scheduled fairly.
 
 Requests for the same operation (encode, decode) queue up and run together in one
 forward pass on ONE dedicated worker thread, so the event loop never blocks on torch:
 
-- the batch limit counts rows (images or latents), not requests; a request with more
-  rows than the limit is split into chunks of at most the limit, answered as one;
-- the wait starts at the first queued request: the worker runs a batch as soon as it
-  is full or the oldest request has waited ``max_delay_s`` (0 disables waiting);
-- the queue is bounded in rows; ``submit`` raises ``QueueFull`` rather than grow it;
+- adaptive by default: when the model is idle a request runs at once; while it is busy,
+  requests queue, and the next batch takes what has queued, up to the limit. An optional
+  delay (``max_delay_s``, from the oldest queued request) waits for fuller batches;
+- the batch limit counts rows (images or latents), not requests. Requests are served
+  round-robin: a batch takes queued requests in turn, and a request with more rows than
+  fit gives a slice and goes to the back of the queue, so one large request cannot hold
+  the model for its whole length; a request that fits in one batch is never split;
+- the queue is bounded in rows (``QueueFull``) and, optionally, in waiting time
+  (``max_queue_wait_s``, like Triton's queue policy with a timeout and a reject action):
+  while the oldest request not yet started has waited longer than the bound, a new one
+  would wait longer still, so it is refused at once (``QueueTimeout``); a request still
+  unstarted past the bound is refused when it is reached, not run;
 - shapes are checked per request before stacking, and a batch whose forward fails is
-  retried one request at a time, so only the bad request fails;
+  retried one slice at a time, so only the bad request fails;
 - a forward pass that runs out of GPU memory is retried in halves, down to one row,
   whose OOM is ``ModelOutOfMemory`` (503); the service keeps running;
-- cancelled requests (the client went away, or timed out) are dropped before they are run;
+- cancelled requests (the client went away, or timed out) are dropped when reached;
 - ``close()`` stops new work and answers everything already queued;
 - ``on_worker(fn)`` runs ``fn`` on the worker thread itself, between batches: CPU kernels
   are cached per thread, and the first pass of a shape on a new thread can differ from
@@ -52,6 +59,10 @@ class QueueFull(BatcherUnavailable):
     """The bounded queue holds too many rows."""
 
 
+class QueueTimeout(BatcherUnavailable):
+    """The request would wait (or has waited) longer than the queue-wait bound."""
+
+
 class BatcherClosed(BatcherUnavailable):
     """The batcher is shutting down."""
 
@@ -74,44 +85,44 @@ class Operation:
 
 @dataclass(eq=False)
 class _Job:
-    """One caller's request: its future, and the answers of its chunks so far."""
+    """One caller's request: its rows, how far the worker has taken them, its answers."""
 
     future: asyncio.Future[Outputs]
     loop: asyncio.AbstractEventLoop
-    pending: int
-    answers: dict[int, Outputs] = field(default_factory=dict)
+    rows: Tensor
+    queued_at: float
+    taken: int = 0  # rows handed to batches so far, in order
+    running: int = 0  # slices taken and not yet answered
+    parts: list[Outputs] = field(default_factory=list)
     error: BaseException | None = None
 
-    def record(self, chunk: int, answer: Outputs | BaseException) -> bool:
-        """Store one chunk's answer; True once every chunk has one."""
+    @property
+    def left(self) -> int:
+        return len(self.rows) - self.taken
+
+    def record(self, answer: Outputs | BaseException) -> bool:
+        """On the worker: store one slice's answer; True once the job can be settled."""
+        self.running -= 1
         if isinstance(answer, BaseException):
             self.error = self.error or answer
         else:
-            self.answers[chunk] = answer
-        self.pending -= 1
-        return self.pending == 0
+            self.parts.append(answer)
+        return self.running == 0 and (self.error is not None or self.left == 0)
 
     def settle(self) -> None:
         """Resolve the future on its event loop (called there, via call_soon_threadsafe)."""
-        if self.future.done():  # cancelled while its last chunk ran
+        if self.future.done():  # cancelled while its last slice ran
             return
         if self.error is not None:
             self.future.set_exception(self.error)
-            return
-        parts = [self.answers[i] for i in range(len(self.answers))]
-        if len(parts) == 1:
-            outputs = parts[0]
-        else:  # a split request: join its chunks' answers, output by output
-            outputs = tuple(torch.cat(o) for o in zip(*parts, strict=True))
-        self.future.set_result(outputs)
+        elif len(self.parts) == 1:
+            self.future.set_result(self.parts[0])
+        else:  # a sliced request: join its slices' answers, output by output
+            self.future.set_result(tuple(torch.cat(o) for o in zip(*self.parts, strict=True)))
 
 
-@dataclass(eq=False)
-class _Chunk:
-    job: _Job
-    index: int
-    rows: Tensor
-    queued_at: float
+# One slice of a job in a batch: the job and its rows.
+_Slice = tuple[_Job, Tensor]
 
 
 class Batcher:
@@ -121,47 +132,50 @@ class Batcher:
         self,
         operations: dict[str, Operation],
         max_batch_size: int = 64,
-        max_delay_s: float = 0.002,
+        max_delay_s: float = 0.0,
         max_queue_rows: int = 4096,
+        max_queue_wait_s: float = 0.0,
     ) -> None:
-        if max_batch_size < 1 or max_delay_s < 0 or max_queue_rows < 1:
-            raise ValueError("max_batch_size and max_queue_rows must be >= 1, max_delay_s >= 0")
+        if max_batch_size < 1 or max_delay_s < 0 or max_queue_rows < 1 or max_queue_wait_s < 0:
+            raise ValueError(
+                "max_batch_size and max_queue_rows must be >= 1, "
+                "max_delay_s and max_queue_wait_s >= 0"
+            )
         self.operations = operations
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue_rows = max_queue_rows
-        self._queues: dict[str, deque[_Chunk]] = {op: deque() for op in operations}
-        self._queued_rows = dict.fromkeys(operations, 0)
+        self.max_queue_wait_s = max_queue_wait_s  # 0: no bound
+        self._queues: dict[str, deque[_Job]] = {op: deque() for op in operations}
+        self.queued_rows = 0  # rows not yet taken, cancelled ones included until reached
+        self._unstarted: deque[_Job] = deque()  # in arrival order; started ones leave lazily
         self._cond = threading.Condition()
         self._closing = False
         self._calls: deque[tuple[Callable[[], None], _Job]] = deque()
-        # Counters for metrics and tests: forward passes run, and rows they carried.
+        # Counters for metrics and tests: forward passes run, rows they carried, refusals.
         self.batches_run = 0
         self.rows_run = 0
+        self.shed = 0
         self.on_batch: BatchHook | None = None
         self._worker = threading.Thread(target=self._run, name="vae-batcher", daemon=True)
         self._worker.start()
-
-    @property
-    def queued_rows(self) -> int:
-        return sum(self._queued_rows.values())
 
     def submit(self, op: str, rows: Tensor) -> asyncio.Future[Outputs]:
         """Queue ``rows`` for ``op``; the future gives the op's outputs for exactly these rows.
 
         Must be called on the event loop that will await the future. Raises
-        ``InvalidRows``, ``KeyError`` (unknown op), ``QueueFull`` or ``BatcherClosed``.
+        ``InvalidRows``, ``KeyError`` (unknown op), ``QueueFull``, ``QueueTimeout`` or
+        ``BatcherClosed``.
         """
         self._check_rows(op, rows)
         loop = asyncio.get_running_loop()
-        # Most requests fit in one batch; torch.split costs more than the rest of submit.
-        chunks = (rows,) if len(rows) <= self.max_batch_size else rows.split(self.max_batch_size)
-        job = _Job(loop.create_future(), loop, pending=len(chunks))
-        now = time.monotonic()
+        job = _Job(loop.create_future(), loop, rows, time.monotonic())
         with self._cond:
             self._admit(len(rows))
-            self._queues[op].extend(_Chunk(job, i, c, now) for i, c in enumerate(chunks))
-            self._queued_rows[op] += len(rows)
+            self._queues[op].append(job)
+            self.queued_rows += len(rows)
+            if self.max_queue_wait_s:
+                self._unstarted.append(job)
             self._cond.notify()
         return job.future
 
@@ -169,7 +183,7 @@ class Batcher:
         """Run ``fn`` on the worker thread before the next batch; the future gives ``()``
         or ``fn``'s exception."""
         loop = asyncio.get_running_loop()
-        job = _Job(loop.create_future(), loop, pending=1)
+        job = _Job(loop.create_future(), loop, torch.empty(0), time.monotonic(), running=1)
         with self._cond:
             if self._closing:
                 raise BatcherClosed("the service is shutting down")
@@ -202,8 +216,21 @@ class Batcher:
             raise BatcherClosed("the service is shutting down")
         # An empty queue admits any request, so that no request is refused forever.
         queued = self.queued_rows
-        if queued and queued + n_rows > self.max_queue_rows:
+        if not queued:
+            return
+        if queued + n_rows > self.max_queue_rows:
             raise QueueFull(f"{queued} rows queued; the limit is {self.max_queue_rows}")
+        if self.max_queue_wait_s:
+            waiting = self._unstarted
+            while waiting and (waiting[0].taken or waiting[0].error or waiting[0].future.done()):
+                waiting.popleft()
+            waited = time.monotonic() - waiting[0].queued_at if waiting else 0.0
+            if waited > self.max_queue_wait_s:
+                self.shed += 1
+                raise QueueTimeout(
+                    f"requests wait over {1000 * waited:.0f} ms for the model; "
+                    f"the limit is {1000 * self.max_queue_wait_s:g} ms"
+                )
 
     def _run(self) -> None:
         with torch.inference_mode():
@@ -216,7 +243,7 @@ class Batcher:
             answer: Outputs | BaseException = ()
         except Exception as exc:
             answer = exc
-        if job.record(0, answer):
+        if job.record(answer):
             with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits
                 job.loop.call_soon_threadsafe(job.settle)
 
@@ -228,58 +255,99 @@ class Batcher:
                     return partial(self._call, *self._calls.popleft())
                 op = self._oldest_op()
                 if op is None:
+                    self._unstarted.clear()
                     if self._closing:
                         return None
                     self._cond.wait()
                     continue
-                wait = self._queues[op][0].queued_at + self.max_delay_s - time.monotonic()
-                full = self._queued_rows[op] >= self.max_batch_size
-                if full or wait <= 0 or self._closing:
-                    return partial(self._execute, op, self._take(op))
+                now = time.monotonic()
+                wait = self._queues[op][0].queued_at + self.max_delay_s - now
+                if wait <= 0 or self._closing or self._full(op):
+                    return partial(self._execute, op, self._take(op, now))
                 self._cond.wait(wait)
+
+    def _full(self, op: str) -> bool:
+        total = 0
+        for job in self._queues[op]:
+            total += job.left
+            if total >= self.max_batch_size:
+                return True
+        return False
 
     def _oldest_op(self) -> str | None:
         # Serve operations in order of their oldest request, so none starves.
         waiting = [(q[0].queued_at, op) for op, q in self._queues.items() if q]
         return min(waiting)[1] if waiting else None
 
-    def _take(self, op: str) -> list[_Chunk]:
-        """Pop queued chunks of ``op`` up to the batch limit, dropping cancelled ones."""
-        queue, taken, total = self._queues[op], [], 0
-        while queue and total + len(queue[0].rows) <= self.max_batch_size:
-            chunk = queue.popleft()
-            self._queued_rows[op] -= len(chunk.rows)
-            if not chunk.job.future.cancelled():
-                taken.append(chunk)
-                total += len(chunk.rows)
+    def _take(self, op: str, now: float) -> list[_Slice]:
+        """Pop the next batch of ``op``, round-robin between requests, up to the limit.
+
+        Cancelled requests are dropped, and so are requests not yet started that have
+        waited past the queue-wait bound (refused with ``QueueTimeout``)."""
+        queue, taken, room = self._queues[op], [], self.max_batch_size
+        late = self.max_queue_wait_s and now - self.max_queue_wait_s
+        while queue and room:
+            job = queue[0]
+            if job.left <= self.max_batch_size and job.left > room:
+                break  # a request that fits in a batch is not split: it leads the next one
+            queue.popleft()
+            if job.future.cancelled() or job.error is not None:
+                self.queued_rows -= job.left
+                continue
+            if late and job.taken == 0 and job.queued_at < late and not self._closing:
+                self.queued_rows -= job.left
+                self.shed += 1
+                job.error = QueueTimeout(
+                    f"waited {1000 * (now - job.queued_at):.0f} ms for the model; "
+                    f"the limit is {1000 * self.max_queue_wait_s:g} ms"
+                )
+                with contextlib.suppress(RuntimeError):  # that loop has closed
+                    job.loop.call_soon_threadsafe(job.settle)
+                continue
+            n = min(job.left, room)
+            if n < job.left and queue:  # others wait: it gives at most half a batch
+                n = min(n, max(1, self.max_batch_size // 2))
+            taken.append((job, job.rows[job.taken : job.taken + n]))
+            job.taken += n
+            job.running += 1
+            room -= n
+            self.queued_rows -= n
+            if job.left:
+                queue.append(job)  # round-robin: the rest waits its turn behind the others
         return taken
 
-    def _execute(self, op: str, chunks: Sequence[_Chunk]) -> None:
-        if not chunks:
+    def _execute(self, op: str, batch: Sequence[_Slice]) -> None:
+        if not batch:
             return
         fn = self.operations[op].fn
         try:
-            outputs = _forward(fn, [c.rows for c in chunks])
+            outputs = _forward(fn, [rows for _, rows in batch])
         except Exception as exc:
-            if len(chunks) == 1 or isinstance(exc, ModelOutOfMemory):
-                self._deliver([(chunks[0], exc)])
-            else:  # find the culprit: each request alone, so only it fails
-                for chunk in chunks:
-                    self._execute(op, [chunk])
+            if len(batch) == 1 or isinstance(exc, ModelOutOfMemory):
+                self._deliver([(batch[0][0], exc)])
+            else:  # find the culprit: each slice alone, so only its request fails
+                for one in batch:
+                    self._execute(op, [one])
             return
-        rows = sum(len(c.rows) for c in chunks)
+        total = sum(len(rows) for _, rows in batch)
         self.batches_run += 1
-        self.rows_run += rows
+        self.rows_run += total
         if self.on_batch is not None:
-            self.on_batch(op, rows)
-        self._deliver(list(zip(chunks, _slice(outputs, chunks), strict=True)))
+            self.on_batch(op, total)
+        answers: list[tuple[_Job, Outputs | BaseException]] = []
+        start = 0
+        for job, rows in batch:
+            end = start + len(rows)
+            answers.append((job, tuple(o[start:end] for o in outputs)))
+            start = end
+        self._deliver(answers)
 
-    def _deliver(self, answers: list[tuple[_Chunk, Outputs | BaseException]]) -> None:
+    def _deliver(self, answers: list[tuple[_Job, Outputs | BaseException]]) -> None:
         # One wake-up per event loop per batch, not one per request.
         done: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
-        for chunk, answer in answers:
-            if chunk.job.record(chunk.index, answer):
-                done.setdefault(chunk.job.loop, []).append(chunk.job)
+        for job, answer in answers:
+            if job.record(answer):
+                done.setdefault(job.loop, []).append(job)
         for loop, jobs in done.items():
             with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits
                 loop.call_soon_threadsafe(_settle_all, jobs)
@@ -307,15 +375,6 @@ def _run_splitting(fn: BatchFn, batch: Tensor) -> Outputs:
         halves = [_run_splitting(fn, half) for half in batch.split((len(batch) + 1) // 2)]
         return tuple(torch.cat(parts) for parts in zip(*halves, strict=True))
     return out if isinstance(out, tuple) else (out,)
-
-
-def _slice(outputs: Outputs, chunks: Sequence[_Chunk]) -> list[Outputs]:
-    sliced, start = [], 0
-    for chunk in chunks:
-        end = start + len(chunk.rows)
-        sliced.append(tuple(o[start:end] for o in outputs))
-        start = end
-    return sliced
 
 
 def _settle_all(jobs: list[_Job]) -> None:

@@ -1,10 +1,12 @@
 """Per-request limits as pure ASGI middleware: the body size, enforced before and while
-the body is read, and the time a request may take, which also ends a request whose
-client has gone away."""
+the body is read, the time a request may take, which also ends a request whose client
+has gone away, and load shedding: a request that would wait too long is refused at once."""
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections import deque
 
 from starlette.datastructures import Headers
@@ -47,6 +49,66 @@ class BodySizeLimit:
             return message
 
         return counted
+
+
+class LoadShedder:
+    """503 + Retry-After at once, before any work, for a request that would wait longer
+    than ``max_wait_s`` (0: never), so that the requests taken keep a bounded latency.
+
+    By Little's law a new request waits about (requests in flight) / (requests finished
+    per second). The rate is measured over windows of ``WINDOW_S`` in which requests were
+    in flight throughout (an idle window says nothing of capacity), and the requests in
+    flight are capped at rate × ``max_wait_s``, never below ``FLOOR``. Until a busy window
+    has been seen, nothing is refused. The batcher bounds the wait for the model the same
+    way (``Batcher.max_queue_wait_s``); this bounds the wait for the event loop, which is
+    where requests queue when they are small and many. Probes and /metrics pass always.
+    """
+
+    WINDOW_S = 0.1
+    FLOOR = 64
+    EXEMPT = frozenset({"/healthz", "/readyz", "/metrics"})
+
+    def __init__(self, app: ASGIApp, max_wait_s: float) -> None:
+        self.app = app
+        self.max_wait_s = max_wait_s
+        self.in_flight = 0
+        self.limit = math.inf
+        self.refused = 0
+        self._finished = 0
+        self._window_start = time.monotonic()
+        self._busy = False  # requests were in flight when the window started
+        self.response = JSONResponse(
+            {
+                "detail": "the service is overloaded: a request would wait over "
+                f"{1000 * max_wait_s:g} ms ({env_name('max_queue_wait_ms')}); retry later"
+            },
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.max_wait_s or scope["path"] in self.EXEMPT:
+            await self.app(scope, receive, send)
+            return
+        now = time.monotonic()
+        if now - self._window_start >= self.WINDOW_S:
+            self._measure(now)
+        if self.in_flight >= self.limit:
+            self.refused += 1
+            await self.response(scope, receive, send)
+            return
+        self.in_flight += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            self._finished += 1
+
+    def _measure(self, now: float) -> None:
+        if self._busy and self.in_flight:  # busy from start to end: the rate is capacity
+            rate = self._finished / (now - self._window_start)
+            self.limit = max(self.FLOOR, rate * self.max_wait_s)
+        self._window_start, self._finished, self._busy = now, 0, self.in_flight > 0
 
 
 class RequestGuard:

@@ -13,7 +13,7 @@ from service import __version__
 from service.auth import add_access_control
 from service.errors import install_error_handlers
 from service.lifespan import model_lifespan
-from service.limits import BodySizeLimit, RequestGuard
+from service.limits import BodySizeLimit, LoadShedder, RequestGuard
 from service.metrics import Metrics
 from service.observability import RequestObservability
 from service.openapi import install_live_openapi
@@ -33,6 +33,7 @@ def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
     around everything, so that refusals by the others are counted and logged too."""
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestGuard, timeout_s=settings.request_timeout_s)
+    app.add_middleware(LoadShedder, max_wait_s=settings.max_queue_wait_ms / 1000)
     add_access_control(app, settings.api_keys, settings.admin_keys, settings.cors_origins)
     app.add_middleware(RequestObservability, metrics=metrics, access_log=settings.access_log)
 

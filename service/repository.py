@@ -306,4 +306,5 @@ def batching(settings: Settings) -> Batching:
         settings.max_batch_delay_ms / 1000,
         settings.max_queue_images,
         settings.precision,
+        settings.max_queue_wait_ms / 1000,
     )

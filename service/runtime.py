@@ -106,9 +106,10 @@ class Batching:
     """How requests are stacked into forward passes (the VAE_MAX_BATCH_* settings)."""
 
     max_batch_size: int = 64
-    max_delay_s: float = 0.002
+    max_delay_s: float = 0.0
     max_queue_images: int = 4096
     precision: str = "fp32"  # bf16 / fp16 apply on CUDA only
+    max_queue_wait_s: float = 0.0  # 0: no bound
 
 
 class ModelRuntime:
@@ -134,6 +135,7 @@ class ModelRuntime:
             batching.max_batch_size,
             batching.max_delay_s,
             batching.max_queue_images,
+            batching.max_queue_wait_s,
         )
 
     @property

@@ -96,12 +96,22 @@ class Settings(BaseSettings):
         ),
     )
     max_batch_delay_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0.0,
         le=1000.0,
         description=(
             "Longest a request waits for others to join its batch, from the first queued "
-            "request; 0 runs each batch as soon as the model is free."
+            "request; 0 (adaptive): a request runs at once on an idle model, and a batch "
+            "takes what queued while the model was busy."
+        ),
+    )
+    max_queue_wait_ms: float = Field(
+        default=0.0,
+        ge=0.0,
+        description=(
+            "Longest a request should wait, for the model or the event loop; while requests "
+            "wait longer, new ones get 503 + Retry-After at once, and one queued past it for "
+            "the model gets 503. 0 (the default): no bound; 100 suits interactive clients."
         ),
     )
     max_queue_images: int = Field(

@@ -20,6 +20,7 @@ from service.batcher import (
     Operation,
     Outputs,
     QueueFull,
+    QueueTimeout,
 )
 
 
@@ -273,3 +274,151 @@ def test_on_worker_runs_on_the_batch_thread_and_reports_errors(make_batcher: Mak
 
     asyncio.run(main())
     assert threads == ["vae-batcher"]  # the thread that runs the batches
+
+
+# --- scheduling policies: adaptive batches, round-robin, queue-wait shedding ----------
+
+
+class Gate:
+    """A batch function that holds each batch until the test lets exactly one through."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[float]] = []  # the first value of each row, per batch
+        self._cond = threading.Condition()
+        self._entered = 0
+        self._passes = 0
+
+    def __call__(self, batch: Tensor) -> Tensor:
+        with self._cond:
+            self._entered += 1
+            self._cond.notify_all()
+            assert self._cond.wait_for(lambda: self._passes > 0, timeout=10), "never let through"
+            self._passes -= 1
+        self.batches.append(batch[:, 0].tolist())
+        return batch * 2
+
+    def wait_entered(self, n: int) -> None:
+        """Block until the worker has started its n-th batch."""
+        with self._cond:
+            assert self._cond.wait_for(lambda: self._entered >= n, timeout=10)
+
+    def let_through(self, n: int = 1) -> None:
+        with self._cond:
+            self._passes += n
+            self._cond.notify_all()
+
+
+@pytest.fixture
+def gated() -> Iterator[tuple[Gate, Callable[..., Batcher]]]:
+    gate, made = Gate(), []
+
+    def make(**limits: Any) -> Batcher:
+        made.append(Batcher({"double": Operation(gate, (2,))}, **limits))
+        return made[-1]
+
+    yield gate, make
+    gate.let_through(1000)
+    for batcher in made:
+        batcher.close()
+
+
+def rows(*values: float) -> Tensor:
+    return torch.tensor([[v, 0.0] for v in values])
+
+
+def test_adaptive_default_runs_an_idle_request_at_once(
+    gated: tuple[Gate, Callable[..., Batcher]],
+) -> None:
+    gate, make = gated
+    batcher = make()  # the defaults: no delay
+    assert batcher.max_delay_s == 0
+    gate.let_through(1)
+
+    async def main() -> Outputs:
+        # With any delay this would wait for company that never comes; 5 s is only a backstop.
+        return await asyncio.wait_for(batcher.submit("double", rows(1)), timeout=5)
+
+    (out,) = asyncio.run(main())
+    assert out[:, 0].tolist() == [2.0] and gate.batches == [[1.0]]
+
+
+def test_busy_model_takes_what_queued_as_the_next_batch(
+    gated: tuple[Gate, Callable[..., Batcher]],
+) -> None:
+    gate, make = gated
+    batcher = make(max_batch_size=4)
+
+    async def main() -> list[Outputs]:
+        first = batcher.submit("double", rows(0))
+        await asyncio.to_thread(gate.wait_entered, 1)  # the model is busy with it
+        queued = [batcher.submit("double", rows(i)) for i in range(1, 7)]
+        gate.let_through(3)
+        return await asyncio.gather(first, *queued)
+
+    answers = asyncio.run(main())
+    assert [a[0][0, 0].item() for a in answers] == [2.0 * i for i in range(7)]
+    # Everything that queued while the first ran, up to the limit, then the rest.
+    assert gate.batches == [[0.0], [1.0, 2.0, 3.0, 4.0], [5.0, 6.0]]
+
+
+def test_large_request_is_interleaved_round_robin_with_small_ones(
+    gated: tuple[Gate, Callable[..., Batcher]],
+) -> None:
+    gate, make = gated
+    batcher = make(max_batch_size=4)
+    big = rows(*[10.0 + i for i in range(10)])
+
+    async def main() -> list[Outputs]:
+        first = batcher.submit("double", rows(0))
+        await asyncio.to_thread(gate.wait_entered, 1)
+        futures = [
+            batcher.submit("double", big),
+            batcher.submit("double", rows(1)),
+            batcher.submit("double", rows(2, 2)),
+        ]
+        gate.let_through(1)
+        await asyncio.to_thread(gate.wait_entered, 2)  # the big request's first slice runs
+        futures.append(batcher.submit("double", rows(3)))  # arrives while it runs
+        gate.let_through(100)
+        return await asyncio.gather(first, *futures)
+
+    answers = asyncio.run(main())
+    assert gate.batches == [
+        [0.0],
+        [10.0, 11.0, 1.0],  # half a batch of the big request while others wait, then
+        # the next small one; the two-row one does not fit, and is not split
+        [2.0, 2.0, 12.0, 13.0],  # it leads the next batch; the big one tops it up
+        [3.0, 14.0, 15.0, 16.0],  # the newcomer; nobody else waits: the rest of the room
+        [17.0, 18.0, 19.0],
+    ]
+    assert answers[1][0][:, 0].tolist() == [2.0 * (10 + i) for i in range(10)]  # joined in order
+
+
+def test_request_that_would_wait_past_the_bound_is_refused_at_once(
+    gated: tuple[Gate, Callable[..., Batcher]],
+) -> None:
+    gate, make = gated
+    batcher = make(max_batch_size=1, max_queue_wait_s=0.05)
+
+    async def main() -> None:
+        big = batcher.submit("double", rows(1, 2, 3))  # its first row runs at once
+        await asyncio.to_thread(gate.wait_entered, 1)
+        late = batcher.submit("double", rows(9))  # admitted: nobody has waited long yet
+        await asyncio.sleep(0.1)  # twice the bound: any slowness only makes it later
+        # The oldest request not yet started has waited past the bound, so a new one
+        # would wait longer still: refused at once, not queued.
+        with pytest.raises(QueueTimeout) as refused:
+            batcher.submit("double", rows(5))
+        assert refused.value.retry_after_s >= 1
+        gate.let_through(100)
+        with pytest.raises(QueueTimeout):  # reached past the bound: refused, not run
+            await asyncio.wait_for(late, timeout=5)
+        (out,) = await asyncio.wait_for(big, timeout=5)
+        assert out[:, 0].tolist() == [2.0, 4.0, 6.0]  # a started request is finished
+        # The queue drained: the model is idle, and a request is admitted again.
+        (again,) = await asyncio.wait_for(batcher.submit("double", rows(6)), timeout=5)
+        assert again[:, 0].tolist() == [12.0]
+
+    asyncio.run(main())
+    assert 9.0 not in [v for b in gate.batches for v in b]  # the refused request never ran
+    assert batcher.shed == 2
