@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from model import Checkpoint
+from service.backends import load_backend
 from service.metrics import Metrics
-from service.runtime import Batching, ModelRuntime, load_checkpoint
+from service.runtime import Batching, ModelRuntime, load_checkpoint, torch_threads
 from service.settings import Settings
 
 logger = logging.getLogger("service")
@@ -202,7 +203,14 @@ class ModelRepository:
         if checkpoint is None:
             checkpoint = await asyncio.to_thread(load_checkpoint, path, self.settings.device)
             self.metrics.load_seconds.labels(name).set(time.perf_counter() - started)
-        runtime = ModelRuntime(checkpoint, batching(self.settings))
+        backend = await asyncio.to_thread(  # onnxruntime: exported or read from the cache
+            load_backend,
+            checkpoint,
+            self.settings.backend,
+            self.settings.onnx_cache_dir,
+            torch_threads(self.settings.torch_threads),
+        )
+        runtime = ModelRuntime(checkpoint, batching(self.settings), backend)
         started = time.perf_counter()
         try:
             await runtime.start()

@@ -21,6 +21,7 @@ from torch import Tensor
 from model import VAE, Checkpoint, VAEConfig, load_weights
 from model.distributed import resolve_device
 from model.prior import FittedPrior
+from service.backends import Backend, TorchBackend
 from service.batcher import Batcher, Operation, Outputs
 from service.cpus import usable_cpus
 
@@ -115,10 +116,17 @@ class Batching:
 class ModelRuntime:
     """A checkpoint on its device, served through one dynamic batcher."""
 
-    def __init__(self, checkpoint: Checkpoint, batching: Batching | None = None) -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        batching: Batching | None = None,
+        backend: Backend | None = None,
+    ) -> None:
         batching = batching or Batching()
         self.checkpoint = checkpoint
         self.model = checkpoint.model
+        # What runs the forward passes: torch, or onnxruntime (service/backends.py).
+        self.backend = backend or TorchBackend(self.model)
         # On the CPU (extra tensors load there), like every seeded draw: see seeded().
         self.prior = FittedPrior.from_checkpoint(checkpoint)
         self.device = next(self.model.parameters()).device
@@ -176,10 +184,10 @@ class ModelRuntime:
         return run_guarded(fn, batch, self.half)
 
     def _encode_batch(self, images: Tensor) -> Outputs:
-        return self._forward(self.model.encode, images)
+        return self._forward(self.backend.encode, images)
 
     def _decode_batch(self, z: Tensor) -> Outputs:
-        return self._forward(lambda x: (self.model.decode(x),), z)
+        return self._forward(self.backend.decode, z)
 
     async def encode(self, images: Tensor) -> Posterior:
         """Images N x C x H x W in [0, 1] -> q(z|x)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -170,6 +170,9 @@ class ModelInfo(BaseModel):
     sha256: str
     format_version: int
     device: str
+    backend: Literal["torch", "onnxruntime"] = Field(
+        description="What runs the forward passes (VAE_BACKEND)"
+    )
     latent_dim: int
     image_size: int
     channels: int

@@ -7,6 +7,7 @@ also the ``--help`` text.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -134,6 +135,21 @@ class Settings(BaseSettings):
             "batch that gives NaN or inf is run again in fp32."
         ),
     )
+    backend: Literal["torch", "onnxruntime"] = Field(
+        default="torch",
+        description=(
+            "What runs each model: torch, or onnxruntime (CPU only; pip install "
+            "'vae-service[onnx]'), its ONNX graphs exported at load into "
+            "VAE_ONNX_CACHE_DIR or read from there, and checked against torch."
+        ),
+    )
+    onnx_cache_dir: Path | None = Field(
+        default=None,
+        description=(
+            "ONNX graphs by the weights' SHA-256 (vae-export --onnx writes this layout); "
+            "unset: $XDG_CACHE_HOME/vae-service/onnx, else /tmp/vae-service-<uid>/onnx."
+        ),
+    )
     max_abs_latent: float = Field(
         default=1e4,
         gt=0,
@@ -192,6 +208,17 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         default=True, description="One JSON log line per request (method, path, status, ...)."
     )
+
+    @field_validator("backend")
+    @classmethod
+    def backend_installed(cls, value: str) -> str:
+        """onnxruntime is an optional extra: say so at start-up, not at the first load."""
+        if value == "onnxruntime" and importlib.util.find_spec("onnxruntime") is None:
+            raise ValueError(
+                "onnxruntime is not installed: pip install 'vae-service[onnx]', "
+                "or VAE_BACKEND=torch"
+            )
+        return value
 
     @field_validator("api_keys", "admin_keys", "cors_origins", mode="before")
     @classmethod

@@ -231,6 +231,7 @@ def test_models_lists_every_model_and_its_version(shelf_client: TestClient, shel
             "image_shape": [1, 28, 28],
             "latent_dim": 6 if name == "wide" else 4,
             "prior": "fitted" if name == "fitted" else "standard",
+            "backend": "torch",
         }
 
 

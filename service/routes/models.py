@@ -29,6 +29,9 @@ class ModelSummary(BaseModel):
     sha256: str | None = Field(description="SHA-256 of the file of the version serving")
     image_shape: list[int] | None = Field(description="C, H, W", examples=[[1, 28, 28]])
     latent_dim: int | None
+    backend: Literal["torch", "onnxruntime"] | None = Field(
+        description="What runs the version serving (VAE_BACKEND); null if none serves"
+    )
     prior: Literal["standard", "fitted"] | None = Field(
         description="The prior /sample uses by default"
     )
@@ -49,6 +52,7 @@ def summary(entry: Entry, default: str) -> ModelSummary:
         sha256=entry.live.sha256 if entry.live else None,
         image_shape=list(runtime.config.image_shape) if runtime else None,
         latent_dim=runtime.config.latent_dim if runtime else None,
+        backend=runtime.backend.name if runtime else None,
         prior=None if runtime is None else ("fitted" if runtime.prior else "standard"),
     )
 

@@ -41,6 +41,7 @@ def describe(runtime: ModelRuntime, name: str) -> ModelInfo:
         sha256=ckpt.sha256,
         format_version=int(ckpt.metadata.get("format_version", 0)),
         device=str(runtime.device),
+        backend=runtime.backend.name,
         latent_dim=cfg.latent_dim,
         image_size=cfg.image_size,
         channels=cfg.channels,
