@@ -385,11 +385,11 @@ def test_large_request_is_interleaved_round_robin_with_small_ones(
     answers = asyncio.run(main())
     assert gate.batches == [
         [0.0],
-        [10.0, 11.0, 1.0],  # half a batch of the big request while others wait, then
-        # the next small one; the two-row one does not fit, and is not split
-        [2.0, 2.0, 12.0, 13.0],  # it leads the next batch; the big one tops it up
-        [3.0, 14.0, 15.0, 16.0],  # the newcomer; nobody else waits: the rest of the room
-        [17.0, 18.0, 19.0],
+        [10.0, 11.0, 12.0, 1.0],  # 3/4 of a batch of the big request while others
+        # wait, topped up by the next small one; the big one goes to the back
+        [2.0, 2.0, 13.0, 14.0],  # a small request is never split: it leads the next batch
+        [3.0, 15.0, 16.0, 17.0],  # the newcomer; nobody else waits: the rest of the room
+        [18.0, 19.0],
     ]
     assert answers[1][0][:, 0].tolist() == [2.0 * (10 + i) for i in range(10)]  # joined in order
 
