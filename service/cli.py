@@ -5,28 +5,49 @@ that cannot be used stop the process with one line and exit status 1, before it
 listens. SIGTERM (or Ctrl-C) is a graceful shutdown: stop accepting, answer every
 request in flight (for up to ``graceful_shutdown_s``), drain the batcher, exit 0.
 Everything it logs, uvicorn's own lines included, is one JSON object per line on stderr.
+
+``--workers N`` (N > 1) runs N worker processes on the one port under uvicorn's
+supervisor. The weights are still checked once here, before listening; then each worker
+builds its own app (``worker_app``, settings through the ``VAE_*`` environment), loads
+its own models and batchers, and writes its metrics to ``PROMETHEUS_MULTIPROC_DIR``, so
+that /metrics from any worker covers them all. SIGTERM stops listening and drains every
+worker; vae-serve exits 0 once all have finished.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 
 import uvicorn
-from pydantic import ValidationError
+from fastapi import FastAPI
+from pydantic import SecretStr, ValidationError
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.supervisors import Multiprocess
 
 from model import Checkpoint, WeightsError
 from model.distributed import resolve_device
+from service.cpus import usable_cpus
 from service.main import create_app
+from service.metrics import MULTIPROC_DIR
 from service.observability import server_log_config
 from service.runtime import DeviceError, load_checkpoint
 from service.settings import Settings, env_name
 
 PROG = "vae-serve"
+# How long the supervisor waits for a worker to answer its health check before it kills
+# and replaces it. uvicorn's 5 s counts a worker's start-up imports (torch) too: on a busy
+# machine (load average 6 on 2 cores) workers were killed as hung before they started.
+WORKER_HEALTHCHECK_S = 60
 
 
 def flag(name: str) -> str:
@@ -87,9 +108,107 @@ def check_single_model(settings: Settings) -> Checkpoint | None:
         sys.exit(f"{PROG}: cannot start: {exc}")
 
 
+def worker_environment(settings: Settings) -> dict[str, str | None]:
+    """The ``VAE_*`` variables that give a worker process ``settings`` (None: unset).
+    With ``--workers`` and no ``--torch-threads``, each worker gets its share of the
+    CPUs, less one for its event loop, at least one."""
+    env: dict[str, str | None] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if value is None:
+            env[env_name(name)] = None
+        elif isinstance(value, list):
+            items = [v.get_secret_value() if isinstance(v, SecretStr) else v for v in value]
+            env[env_name(name)] = json.dumps(items)
+        elif isinstance(value, bool):
+            env[env_name(name)] = "true" if value else "false"
+        else:
+            env[env_name(name)] = str(value)
+    if settings.torch_threads == 0 and settings.workers > 1:
+        share = max(1, usable_cpus() // settings.workers - 1)
+        env[env_name("torch_threads")] = str(share)
+    return env
+
+
+def worker_app() -> FastAPI:
+    """One worker's app (``--workers`` > 1): settings from the environment vae-serve
+    set, its own models, its metrics in PROMETHEUS_MULTIPROC_DIR."""
+    logging.captureWarnings(True)
+    return create_app(Settings())
+
+
+def metrics_folder() -> tuple[Path, bool]:
+    """PROMETHEUS_MULTIPROC_DIR when set (emptied of an earlier run's files, as the
+    client library requires), else a new temporary folder; and whether it is ours."""
+    given = os.environ.get(MULTIPROC_DIR)
+    if given:
+        folder = Path(given)
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.db"):
+            stale.unlink()
+        return folder, False
+    return Path(tempfile.mkdtemp(prefix="vae-serve-metrics-")), True
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's worker supervisor, which also closes its own copy of the listening
+    socket on SIGTERM and SIGINT: while the workers drain, new connections are refused
+    rather than left waiting in the backlog until every process has exited."""
+
+    def stop_listening(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+    def handle_term(self) -> None:
+        self.stop_listening()
+        super().handle_term()
+
+    def handle_int(self) -> None:
+        self.stop_listening()
+        super().handle_int()
+
+
+def serve_workers(settings: Settings) -> None:
+    """``--workers`` > 1: the supervisor, the shared socket and N worker processes."""
+    folder, ours = metrics_folder()
+    os.environ[MULTIPROC_DIR] = str(folder)
+    for variable, value in worker_environment(settings).items():
+        if value is None:
+            os.environ.pop(variable, None)
+        else:
+            os.environ[variable] = value
+    config = uvicorn.Config(
+        "service.cli:worker_app",
+        factory=True,
+        workers=settings.workers,
+        host=settings.host,
+        port=settings.port,
+        log_config=server_log_config(settings.log_level),
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=settings.graceful_shutdown_s,
+        timeout_keep_alive=settings.keep_alive_s,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+    )
+    supervisor = Supervisor(config, sockets=[config.bind_socket()])
+    try:
+        supervisor.run()
+    finally:
+        if ours:
+            shutil.rmtree(folder, ignore_errors=True)
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        sys.exit(f"{PROG}: a worker process failed to start (its error is in the log above)")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     settings = read_settings(build_parser(), argv)
-    app = create_app(settings, check_single_model(settings))
+    checkpoint = check_single_model(settings)
+    if settings.workers > 1:
+        del checkpoint  # checked; each worker loads its own
+        logging.captureWarnings(True)
+        serve_workers(settings)
+        return
+    app = create_app(settings, checkpoint)
     # uvicorn re-raises the signal that stopped it once it has shut down; with these
     # handlers that is a no-op, so a graceful shutdown exits 0, not 143.
     for stop in (signal.SIGTERM, signal.SIGINT):

@@ -65,6 +65,15 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="0.0.0.0", description="Interface to listen on.")
     port: int = Field(default=8000, ge=1, le=65535, description="TCP port to listen on.")
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description=(
+            "Worker processes on the one port, each with its own models and batchers, for "
+            "many-core hosts; /metrics sums over all of them (docs/operations.md)."
+        ),
+    )
     log_level: LogLevel = Field(
         default="info", description="Log level: critical, error, warning, info or debug."
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from service.deps import Repository, Runtime, serving
 from service.runtime import ModelRuntime
@@ -60,6 +60,5 @@ def describe(runtime: ModelRuntime, name: str) -> ModelInfo:
 )
 async def metrics(request: Request) -> Response:
     """Prometheus metrics: requests by endpoint and status, latencies, batch sizes,
-    queue depth, model load time and identity."""
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    queue depth, model load time and identity; with several workers, over all of them."""
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,195 @@
+"""vae-serve --workers N: settings reach every worker, bad weights stop it before it
+listens, /metrics from any worker sums over all of them, and SIGTERM drains them all."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
+from test_shutdown import load_until_gone, logged_requests
+
+from service.cli import worker_environment
+from service.metrics import MULTIPROC_DIR, QUEUE_REFRESH_S
+from service.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+DECODE = {"endpoint": "/decode", "method": "POST", "status": "200", "model": "tiny"}
+
+
+def test_the_environment_gives_each_worker_the_same_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    settings = Settings(
+        weights=tmp_path / "w.safetensors",
+        workers=3,
+        torch_threads=2,
+        max_batch_delay_ms=0.5,
+        api_keys=[SecretStr("k1"), SecretStr("k,2")],
+        cors_origins=["https://a.example"],
+        access_log=False,
+        log_level="warning",
+    )
+    for variable, value in worker_environment(settings).items():
+        if value is None:
+            monkeypatch.delenv(variable, raising=False)
+        else:
+            monkeypatch.setenv(variable, value)
+    assert Settings() == settings
+    assert [key.get_secret_value() for key in Settings().api_keys] == ["k1", "k,2"]
+
+
+def test_workers_share_the_cpus_when_torch_threads_is_unset() -> None:
+    one = worker_environment(Settings(workers=1))["VAE_TORCH_THREADS"]
+    assert one == "0"  # one process: the usual rule (every usable CPU less one)
+    shared = worker_environment(Settings(workers=64))["VAE_TORCH_THREADS"]
+    assert shared == "1"
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt"])
+def test_bad_weights_stop_every_worker_before_listening(tmp_path: Path, problem: str) -> None:
+    weights = tmp_path / "bad.safetensors"
+    if problem == "corrupt":
+        weights.write_bytes(b"not a safetensors file")
+    command = [sys.executable, "-m", "service.cli", "--workers", "2", "--port", "1"]
+    result = subprocess.run(
+        [*command, "--weights", str(weights), "--device", "cpu"],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("vae-serve: cannot start:"), result.stderr
+
+
+def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def per_worker(folder: Path, endpoint: str) -> Counter[str]:
+    """pid -> requests to ``endpoint`` that worker answered, from its own metric file."""
+    counts: Counter[str] = Counter()
+    for path in folder.glob("counter_*.db"):
+        pid = path.stem.removeprefix("counter_")
+        for metric in MultiProcessCollector.merge([str(path)]):
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels.get("endpoint") == endpoint:
+                    counts[pid] += int(sample.value)
+    return counts
+
+
+def wait_for_workers(server: Any, count: int, timeout_s: float = 120) -> None:
+    """Until ``count`` workers have started serving: a client's connections would
+    otherwise all go to the first one ready."""
+    deadline = time.monotonic() + timeout_s
+    while server.log.read_text().count("Application startup complete.") < count:
+        assert time.monotonic() < deadline and server.process.poll() is None, server.log.read_text()
+        time.sleep(0.2)
+
+
+def fresh_connection(method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """One request on a connection of its own, so that either worker may accept it."""
+    with httpx.Client(timeout=30) as client:
+        return client.request(method, url, **kwargs)
+
+
+@pytest.mark.slow
+def test_metrics_from_any_worker_sum_over_all_workers(
+    start_server: Callable[..., Any],
+    tiny_weights: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = tmp_path / "metrics"
+    monkeypatch.setenv(MULTIPROC_DIR, str(folder))
+    server = start_server("--weights", str(tiny_weights), "--device", "cpu", "--workers", "2")
+    wait_for_workers(server, 2)
+    sent = 0
+    with ThreadPoolExecutor(8) as pool:
+        while len(per_worker(folder, "/decode")) < 2 and sent < 800:  # until both answered
+            replies = pool.map(
+                lambda _: fresh_connection("POST", f"{server.url}/decode", json={"z": [[0.0] * 4]}),
+                range(16),
+            )
+            assert {reply.status_code for reply in replies} == {200}
+            sent += 16
+    by_worker = per_worker(folder, "/decode")
+    assert len(by_worker) == 2 and sum(by_worker.values()) == sent, by_worker
+
+    time.sleep(3 * QUEUE_REFRESH_S)  # another worker's queue depth is that stale at most
+    scrapes = 0  # scrape until each worker has answered at least one
+    while len(per_worker(folder, "/metrics")) < 2 and scrapes < 200:
+        reply = fresh_connection("GET", f"{server.url}/metrics")
+        scrapes += 1
+        scraped = samples(reply.text)
+        assert scraped[("vae_http_requests_total", frozenset(DECODE.items()))] == sent
+        count = (
+            "vae_http_request_duration_seconds_count",
+            frozenset({"endpoint": "/decode", "model": "tiny"}.items()),
+        )
+        assert scraped[count] == sent
+        assert scraped[("vae_queue_rows", frozenset({"model": "tiny"}.items()))] == 0
+        assert scraped[("vae_model_load_seconds", frozenset({"model": "tiny"}.items()))] > 0
+        assert any(name == "vae_model_info" for name, _ in scraped)
+        loads = (
+            "vae_model_loads_total",
+            frozenset({"model": "tiny", "outcome": "success"}.items()),
+        )
+        assert scraped[loads] == 2  # one load per worker
+    assert len(per_worker(folder, "/metrics")) == 2
+    print(f"workers: /decode {dict(by_worker)}, /metrics {dict(per_worker(folder, '/metrics'))}")
+
+
+@pytest.mark.slow
+def test_sigterm_drains_every_worker(
+    start_server: Callable[..., Any],
+    tiny_weights: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    folder = tmp_path / "metrics"
+    monkeypatch.setenv(MULTIPROC_DIR, str(folder))
+    server = start_server("--weights", str(tiny_weights), "--device", "cpu", "--workers", "2")
+    wait_for_workers(server, 2)
+    pid = server.process.pid
+
+    async def scenario() -> tuple[dict[str, Any], float]:
+        load = asyncio.create_task(load_until_gone(server.url, time.monotonic() + 30))
+        await asyncio.sleep(2.0)
+        os.kill(pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        return await load, signalled
+
+    outcome, signalled = asyncio.run(scenario())
+    assert server.process.wait(timeout=60) == 0
+    answered, logged = outcome["answered"], logged_requests(server.log)
+    assert logged, server.log.read_text()[-2000:]
+    assert {rid: answered.get(rid, (None,))[0] for rid in logged} == logged
+    assert set(answered) == set(logged)
+    assert {status for status, _ in answered.values()} == {200}
+    assert sum(1 for _, at in answered.values() if at > signalled) > 0
+    by_worker = per_worker(folder, "/sample")  # the files outlive the workers
+    assert len(by_worker) == 2 and sum(by_worker.values()) == len(logged), by_worker
+    messages = server.log.read_text()
+    assert messages.count("Application shutdown complete.") == 2
+    print(f"shutdown, 2 workers: {len(answered)} answered, by worker {dict(by_worker)}")
