@@ -41,3 +41,10 @@ def test_stop_grace_period_outlasts_the_drain(api: dict[str, Any]) -> None:
     grace_s = int(api["stop_grace_period"].removesuffix("s"))
     drain_s = Settings.model_fields["graceful_shutdown_s"].default
     assert grace_s > drain_s
+
+
+def test_every_setting_is_documented() -> None:
+    """docs/operations.md's settings table names every VAE_* variable."""
+    reference = (COMPOSE.parent / "docs" / "operations.md").read_text()
+    missing = [env_name(n) for n in Settings.model_fields if f"`{env_name(n)}`" not in reference]
+    assert not missing, missing
