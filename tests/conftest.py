@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -141,6 +144,33 @@ def image_file(
 def make_image() -> Callable[..., bytes]:
     """``make_image(width, height, mode, fmt, seed)`` -> image file bytes."""
     return image_file
+
+
+@contextlib.contextmanager
+def uvicorn_thread(settings: Settings) -> Iterator[str]:
+    """The app on uvicorn, on a free loopback port, in a thread of this process; yields
+    its ``host:port``."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def serve_in_thread() -> Callable[[Settings], contextlib.AbstractContextManager[str]]:
+    """``with serve_in_thread(settings) as host_port:`` the app served in a thread."""
+    return uvicorn_thread
 
 
 @dataclass

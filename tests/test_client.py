@@ -6,51 +6,26 @@ import asyncio
 import contextlib
 import hashlib
 import io
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import uvicorn
 from PIL import Image
 
 from model import VAE, VAEConfig, save_weights
 from service.client import AsyncVAEClient, VAEClient, VAEError
-from service.main import create_app
 from service.settings import Settings
 
+ServeInThread = Callable[[Settings], contextlib.AbstractContextManager[str]]
 ADMIN_KEY = "admin-key-for-tests"
 
 
-@contextlib.contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """The app on uvicorn, on a free loopback port, in a thread; yields its URL."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), port=port, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 @pytest.fixture
-def server_url(api_settings: Settings) -> Iterator[str]:
-    with serving(api_settings) as url:
-        yield url
+def server_url(api_settings: Settings, serve_in_thread: ServeInThread) -> Iterator[str]:
+    with serve_in_thread(api_settings) as where:
+        yield f"http://{where}"
 
 
 def tiny_weights_file(folder: Path, name: str, config: VAEConfig, seed: int) -> Path:
@@ -70,7 +45,9 @@ def model_dir(tmp_path: Path, tiny_config: VAEConfig) -> Path:
 
 
 @pytest.fixture
-def repository_url(api_settings: Settings, model_dir: Path) -> Iterator[str]:
+def repository_url(
+    api_settings: Settings, model_dir: Path, serve_in_thread: ServeInThread
+) -> Iterator[str]:
     """A server of the repository, alpha the default, with an admin key; the folder is
     scanned once a minute, so that only reloads change what serves."""
     settings = Settings(
@@ -82,8 +59,8 @@ def repository_url(api_settings: Settings, model_dir: Path) -> Iterator[str]:
             "admin_keys": [ADMIN_KEY],
         }
     )
-    with serving(settings) as url:
-        yield url
+    with serve_in_thread(settings) as where:
+        yield f"http://{where}"
 
 
 def sha256_of(path: Path) -> str:

@@ -7,10 +7,7 @@ import base64
 import contextlib
 import hashlib
 import io
-import socket
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,40 +15,19 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-import uvicorn
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from service.main import create_app
 from service.settings import Settings
 
 ENCODER, DECODER = "tiny-encoder", "tiny-decoder"  # tests/conftest.py's tiny.safetensors
 LATENT_DIM = 4
-
-
-@contextlib.contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """The app on uvicorn, on a free loopback port, in a thread; yields host:port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+ServeInThread = Callable[[Settings], contextlib.AbstractContextManager[str]]
 
 
 @pytest.fixture(scope="module")
-def address(served_settings: Settings) -> Iterator[str]:
-    with serving(served_settings) as where:
+def address(served_settings: Settings, serve_in_thread: ServeInThread) -> Iterator[str]:
+    with serve_in_thread(served_settings) as where:
         yield where
 
 
@@ -343,14 +319,17 @@ def tiny_file(folder: Path, name: str, seed: int) -> Path:
 
 
 def test_every_repository_model_is_an_encoder_and_a_decoder(
-    served_settings: Settings, tmp_path: Path
+    served_settings: Settings, tmp_path: Path, serve_in_thread: ServeInThread
 ) -> None:
     files = [tiny_file(tmp_path, name, seed) for seed, name in enumerate(("alpha", "beta"))]
     settings = served_settings.model_copy(
         update={"model_dir": tmp_path, "default_model": "alpha", "model_poll_s": 60}
     )
     z = np.random.default_rng(5).standard_normal((2, LATENT_DIM)).astype(np.float32)
-    with serving(settings) as where, contextlib.closing(triton.InferenceServerClient(where)) as tc:
+    with (
+        serve_in_thread(settings) as where,
+        contextlib.closing(triton.InferenceServerClient(where)) as tc,
+    ):
         decoded = {}
         for path in files:
             name = path.stem
@@ -366,10 +345,15 @@ def test_every_repository_model_is_an_encoder_and_a_decoder(
         assert all(f"{n}-{r}" in message for n in ("alpha", "beta") for r in ("encoder", "decoder"))
 
 
-def test_api_keys_cover_the_protocol_but_not_its_health(served_settings: Settings) -> None:
+def test_api_keys_cover_the_protocol_but_not_its_health(
+    served_settings: Settings, serve_in_thread: ServeInThread
+) -> None:
     settings = served_settings.model_copy(update={"api_keys": Settings(api_keys="k1").api_keys})
     z = [fp32_input("z", np.zeros((1, LATENT_DIM), np.float32), True)]
-    with serving(settings) as where, contextlib.closing(triton.InferenceServerClient(where)) as tc:
+    with (
+        serve_in_thread(settings) as where,
+        contextlib.closing(triton.InferenceServerClient(where)) as tc,
+    ):
         assert tc.is_server_live() and tc.is_server_ready()  # probes need no key
         with pytest.raises(InferenceServerException) as refused:
             tc.infer(DECODER, z)
