@@ -56,12 +56,21 @@ def image_packages(path: Path = IMAGE_LIST) -> set[str]:
 
 
 def roots(pyproject: Path = ROOT / "pyproject.toml") -> list[Requirement]:
-    """The project's dependencies and its test extra."""
+    """The project's dependencies and its test extra, with the project's own extras that
+    the test extra names (``vae-service[onnx]``) replaced by what they hold."""
     project = tomllib.loads(pyproject.read_text())["project"]
-    return [
-        Requirement(r)
-        for r in [*project["dependencies"], *project["optional-dependencies"]["test"]]
-    ]
+    extras = project["optional-dependencies"]
+
+    def expand(specs: Iterable[str]) -> Iterator[Requirement]:
+        for spec in specs:
+            requirement = Requirement(spec)
+            if normalize(requirement.name) == normalize(project["name"]):
+                for extra in requirement.extras:
+                    yield from expand(extras[extra])
+            else:
+                yield requirement
+
+    return list(expand([*project["dependencies"], *extras["test"]]))
 
 
 def pins(constraints: Path = ROOT / "constraints.txt") -> dict[str, str]:
