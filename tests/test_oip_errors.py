@@ -5,11 +5,12 @@ limits: 8 images a request, 256 KiB bodies, 512 x 512 pixels an image."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -19,7 +20,6 @@ import pytest
 from PIL import Image
 
 from service.settings import Settings
-from tests.test_oip import serving
 
 ENCODE = "/v2/models/tiny-encoder/infer"
 DECODE = "/v2/models/tiny-decoder/infer"
@@ -29,8 +29,14 @@ LATENT_DIM = 4
 
 
 @pytest.fixture(scope="module")
-def http(served_settings: Settings) -> Iterator[httpx.Client]:
-    with serving(served_settings) as where, httpx.Client(base_url=f"http://{where}") as hc:
+def http(
+    served_settings: Settings,
+    serve_in_thread: Callable[[Settings], contextlib.AbstractContextManager[str]],
+) -> Iterator[httpx.Client]:
+    with (
+        serve_in_thread(served_settings) as where,
+        httpx.Client(base_url=f"http://{where}") as hc,
+    ):
         yield hc
 
 
