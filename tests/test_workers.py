@@ -113,17 +113,24 @@ def fresh_connection(method: str, url: str, **kwargs: Any) -> httpx.Response:
         return client.request(method, url, **kwargs)
 
 
-@pytest.mark.slow
-def test_metrics_from_any_worker_sum_over_all_workers(
+@pytest.fixture
+def two_workers(
     start_server: Callable[..., Any],
     tiny_weights: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
+) -> tuple[Any, Path]:
+    """vae-serve with 2 workers, both up, and its Prometheus multiprocess folder."""
     folder = tmp_path / "metrics"
     monkeypatch.setenv(MULTIPROC_DIR, str(folder))
     server = start_server("--weights", str(tiny_weights), "--device", "cpu", "--workers", "2")
     wait_for_workers(server, 2)
+    return server, folder
+
+
+@pytest.mark.slow
+def test_metrics_from_any_worker_sum_over_all_workers(two_workers: tuple[Any, Path]) -> None:
+    server, folder = two_workers
     sent = 0
     with ThreadPoolExecutor(8) as pool:
         while len(per_worker(folder, "/decode")) < 2 and sent < 800:  # until both answered
@@ -161,16 +168,8 @@ def test_metrics_from_any_worker_sum_over_all_workers(
 
 
 @pytest.mark.slow
-def test_sigterm_drains_every_worker(
-    start_server: Callable[..., Any],
-    tiny_weights: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    folder = tmp_path / "metrics"
-    monkeypatch.setenv(MULTIPROC_DIR, str(folder))
-    server = start_server("--weights", str(tiny_weights), "--device", "cpu", "--workers", "2")
-    wait_for_workers(server, 2)
+def test_sigterm_drains_every_worker(two_workers: tuple[Any, Path]) -> None:
+    server, folder = two_workers
     pid = server.process.pid
 
     async def scenario() -> tuple[dict[str, Any], float]:
