@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from model import shapes
+
 IDX_DIRS = {
     "fashion-mnist": Path("/usr/share/datasets/fashion-mnist"),
     "mnist": Path("/usr/share/datasets/mnist"),
@@ -31,10 +33,12 @@ class DataError(Exception):
 
 @dataclass(frozen=True)
 class Split:
-    """Images in [0, 1] (N x C x H x W), labels where the source has them."""
+    """Images in [0, 1] (N x C x H x W), labels where the source has them, and the
+    generating factors' indices (N x K) where they are known (``shapes``)."""
 
     images: Tensor
     labels: Tensor | None = None
+    factors: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -43,7 +47,8 @@ class Split:
         if n is None or n >= len(self):
             return self
         labels = None if self.labels is None else self.labels[:n]
-        return Split(self.images[:n], labels)
+        factors = None if self.factors is None else self.factors[:n]
+        return Split(self.images[:n], labels, factors)
 
 
 @dataclass(frozen=True)
@@ -137,7 +142,9 @@ def load_dataset(
     source: str, data_dir: str | Path | None = None, image_size: int = 28, channels: int = 1
 ) -> Dataset:
     """``source`` is ``fashion-mnist``, ``mnist`` (IDX files under ``data_dir`` or the
-    Debian package's directory) or a path to a folder of images."""
+    Debian package's directory), ``shapes`` (rendered, 64x64 RGB) or a folder of images."""
+    if source == "shapes":
+        return load_shapes(image_size, channels)
     if source in IDX_DIRS:
         directory = Path(data_dir) if data_dir else IDX_DIRS[source]
         if not directory.is_dir():
@@ -155,3 +162,15 @@ def load_dataset(
             f"{folder}: not a known data set ({', '.join(IDX_DIRS)}) or a folder of images"
         )
     return load_image_folder(folder, image_size, channels)
+
+
+def load_shapes(image_size: int = shapes.SIZE, channels: int = 3) -> Dataset:
+    """The procedural ``shapes`` set: fixed train and test seeds, factors kept."""
+    if (image_size, channels) != (shapes.SIZE, 3):
+        raise DataError(
+            f"shapes are {shapes.SIZE}x{shapes.SIZE} RGB: use --image-size "
+            f"{shapes.SIZE} --channels 3"
+        )
+    train = shapes.generate(shapes.TRAIN_SIZE, shapes.TRAIN_SEED)
+    test = shapes.generate(shapes.TEST_SIZE, shapes.TEST_SEED)
+    return Dataset("shapes", Split(train[0], factors=train[1]), Split(test[0], factors=test[1]))

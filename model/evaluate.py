@@ -10,6 +10,12 @@ side (model/quality.py): Fréchet distance of the Fashion-MNIST classifier's pen
 features of ``--quality-samples`` samples vs the test split, class coverage in bits, and
 sampling speed; ``--grids DIR`` saves an 8 x 8 grid from each prior there.
 
+On data whose generating factors are known (``--data shapes``), also the mutual
+information gap (MIG, Chen et al. 2018) of the posterior means, discretised into
+``--mig-bins`` equal-width bins per dimension as in Locatello et al. 2019, the factor
+each active latent dimension tells most about, and with ``--traversals DIR`` a
+traversals.png there: one labelled row per active dimension (model/disentangle.py).
+
 Output: readable text on stdout (``--format text``, the default) or the same figures as
 one JSON object (``--format json``); ``--json PATH`` also writes the JSON to PATH.
 Exit status: 0 on success, 2 on bad arguments, an unusable weights file or bad data.
@@ -29,10 +35,16 @@ from torch import Tensor
 
 from model.classifier import DEFAULT_CLASSIFIER, load_classifier
 from model.cli import one_line_errors
-from model.data import load_dataset
+from model.data import Split, load_dataset
+from model.disentangle import (
+    DEFAULT_BINS,
+    evaluate_disentanglement,
+    factor_names,
+    format_disentanglement,
+)
 from model.distributed import resolve_device
 from model.metrics import active_units, evaluate_elbo, iwae_nll, reconstruction_error
-from model.quality import compare_priors, format_quality, save_prior_grids
+from model.quality import compare_priors, format_quality, save_prior_grids, sharpness_ratios
 from model.weights import Checkpoint, load_weights
 
 
@@ -44,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("weights", type=Path, help="a .safetensors weights file")
     p.add_argument(
-        "--data", default="fashion-mnist", help="fashion-mnist, mnist, or a folder of images"
+        "--data",
+        default="fashion-mnist",
+        help="fashion-mnist, mnist, shapes, or a folder of images",
     )
     p.add_argument("--data-dir", help="directory of the IDX files (default: the Debian package's)")
     p.add_argument("--limit-test", type=int, help="use only the first N test images")
@@ -58,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality-samples", type=int, default=10_000, help="samples per prior")
     p.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="its features")
     p.add_argument("--grids", type=Path, metavar="DIR", help="save samples_PRIOR.png grids here")
+    p.add_argument("--mig-bins", type=int, default=DEFAULT_BINS, help="bins per latent for MIG")
+    p.add_argument(
+        "--traversals", type=Path, metavar="DIR", help="save traversals.png here (shapes only)"
+    )
     return p
 
 
@@ -66,6 +84,8 @@ def check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Non
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.mig_bins < 2:
+        parser.error(f"--mig-bins must be at least 2, got {args.mig_bins}")
 
 
 def evaluate_checkpoint(
@@ -87,7 +107,10 @@ def evaluate_checkpoint(
         **elbo,
         "iwae_nll": iwae_nll(model, images, iwae_k, batch_size, seed, device),
         "iwae_k": iwae_k,
-        **reconstruction_error(model, images, batch_size, device),
+        **(recon := reconstruction_error(model, images, batch_size, device)),
+        "sharpness": sharpness_ratios(
+            ckpt, images, recon["recon_sharpness"], seed=seed, device=device
+        ),
         "active_units": active_units(model, images, batch_size, device),
         "latent_dim": ckpt.config.latent_dim,
         "seed": seed,
@@ -107,11 +130,26 @@ def format_text(r: dict[str, Any]) -> str:
             f"-log p(x)     <= {r['iwae_nll']:.2f} nats/image (IWAE bound, k={r['iwae_k']})",
             f"MSE           {r['mse']:.5f} (per image, averaged)",
             f"PSNR          {r['psnr']:.2f} dB (per image, averaged)",
+            f"sharpness     reconstructions {r['sharpness']['reconstructions']:.3f}, samples "
+            f"{r['sharpness']['samples']:.3f} ({r['sharpness']['samples_prior']} prior) of the "
+            "test images' mean gradient",
             f"active units  {r['active_units']} of {r['latent_dim']} (Cov_x(E_q[z_u]) > 0.01)",
             f"took          {r['seconds']:.1f}s",
             *([format_quality(r["quality"])] if "quality" in r else []),
+            *([format_disentanglement(r["disentanglement"])] if "disentanglement" in r else []),
         ]
     )
+
+
+def score_disentanglement(
+    args: argparse.Namespace, ckpt: Checkpoint, data_name: str, split: Split, factors: Tensor,
+    device: torch.device,
+) -> dict[str, Any]:  # fmt: skip
+    names = factor_names(data_name, factors.shape[1])
+    return evaluate_disentanglement(
+        ckpt.model, split.images, factors, names, args.mig_bins, args.batch_size, device,
+        args.traversals,
+    )  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -119,7 +157,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ckpt = load_weights(args.weights, device)
     cfg = ckpt.config
     data = load_dataset(args.data, args.data_dir, cfg.image_size, cfg.channels)
-    images = data.test.subset(args.limit_test).images
+    split = data.test.subset(args.limit_test)
+    if args.traversals and split.factors is None:
+        # Checked before the long evaluation, not after it.
+        raise ValueError(f"--traversals needs data with known factors (shapes), not {data.name}")
+    images = split.images
     result = {
         "data": data.name,
         **evaluate_checkpoint(ckpt, images, args.iwae_k, args.batch_size, args.seed, device),
@@ -131,6 +173,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     if args.grids:
         save_prior_grids(ckpt, args.grids, device=device)
+    if split.factors is not None:
+        result["disentanglement"] = score_disentanglement(
+            args, ckpt, data.name, split, split.factors, device
+        )
     if args.json_path:
         args.json_path.write_text(json.dumps(result, indent=2) + "\n")
     return result

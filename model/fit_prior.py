@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the k-means initialisation")
     p.add_argument("--device", default="auto", help="device that encodes: auto, cpu, cuda[:N]")
     p.add_argument("--out", type=Path, help="write here instead of replacing WEIGHTS in place")
+    p.add_argument(
+        "--storage", choices=("float32", "float16"), help="rewrite the model tensors in this dtype"
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
 
@@ -46,7 +49,7 @@ def fit_file(args: argparse.Namespace) -> FittedPrior:
     train = load_dataset(args.data, args.data_dir, cfg.image_size, cfg.channels).train
     images = train.subset(args.limit_train).images
     prior = fit_to_images(ckpt.model, images, args.components, args.covariance, args.seed, device)
-    attach_prior(args.weights, prior, args.out)
+    attach_prior(args.weights, prior, args.out, args.storage)
     return prior
 
 

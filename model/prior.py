@@ -221,9 +221,15 @@ def _full_covariances(gm: GaussianMixture, k: int, d: int) -> np.ndarray:
     return cov[:, None, None] * np.eye(d)
 
 
-def attach_prior(path: str | Path, prior: FittedPrior, out: str | Path | None = None) -> Checkpoint:
+def attach_prior(
+    path: str | Path,
+    prior: FittedPrior,
+    out: str | Path | None = None,
+    storage: str | None = None,
+) -> Checkpoint:
     """Add ``prior`` to the weights file at ``path`` (replacing any prior it had) and write
-    the result atomically to ``out`` (default: in place); return the re-read file."""
+    the result atomically to ``out`` (default: in place), its model tensors in ``storage``
+    (default: as they were); return the re-read file."""
     ckpt = load_weights(path)
     if prior.latent_dim != ckpt.config.latent_dim:
         raise ValueError(
@@ -232,6 +238,8 @@ def attach_prior(path: str | Path, prior: FittedPrior, out: str | Path | None = 
     extra = {k: v for k, v in ckpt.extra_tensors.items() if not k.startswith(PRIOR_PREFIX)}
     meta = {k: v for k, v in ckpt.metadata.items() if k not in ("config", "format_version")}
     meta["prior"] = prior.describe()
+    if storage:
+        meta["storage"] = storage
     target = out or path
     save_weights(target, ckpt.model, meta, extra | prior.tensors())
     return load_weights(target)

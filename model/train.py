@@ -40,13 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
-        "--data", default="fashion-mnist", help="fashion-mnist, mnist, or a folder of images"
+        "--data", default="fashion-mnist", help="fashion-mnist, mnist, shapes or an image folder"
     )
     p.add_argument("--data-dir", help="directory of the IDX files (default: the Debian package's)")
     p.add_argument("--limit-train", type=int, help="use only the first N training images")
     p.add_argument("--limit-test", type=int, help="use only the first N test images")
-    p.add_argument("--image-size", type=int, default=28)
-    p.add_argument("--channels", type=int, default=1, choices=(1, 3))
+    p.add_argument("--image-size", type=int, help="default: 64 for shapes, else 28")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="default: 3 for shapes, else 1")
     p.add_argument("--latent-dim", type=int, default=32)
     p.add_argument("--widths", default="32,64", help="encoder channel widths, one per halving")
     p.add_argument("--hidden-dim", type=int, default=256)
@@ -62,11 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT's .ckpt.safetensors")
     p.add_argument("--prior-components", type=int, default=10, help="fitted prior; 0: none")
     p.add_argument("--prior-covariance", default="full", choices=COVARIANCE_TYPES)
+    p.add_argument(
+        "--storage", default="float32", choices=("float32", "float16"), help="weights dtype"
+    )
     p.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
     return p
 
 
 def positive_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    shapes = args.data == "shapes"
+    args.image_size = args.image_size or (64 if shapes else 28)
+    args.channels = args.channels or (3 if shapes else 1)
     for name in ("epochs", "batch_size", "latent_dim", "hidden_dim", "image_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -214,7 +220,7 @@ def training_metadata(
     hyper = {
         k: (str(v) if isinstance(v, Path) else v)
         for k, v in vars(args).items()
-        if k not in ("resume", "no_progress", "out")
+        if k not in ("resume", "no_progress", "out", "storage")
     }
     summary = {
         "epochs": len(history),
@@ -226,7 +232,7 @@ def training_metadata(
         "torch": torch.__version__,
         "args": hyper,
     }
-    return {"data": data.describe(), "training": summary}
+    return {"data": data.describe(), "training": summary, "storage": args.storage}
 
 
 def model_config(args: argparse.Namespace) -> VAEConfig:

@@ -61,17 +61,34 @@ def save_weights(
     metadata: dict[str, Any] | None = None,
     extra_tensors: dict[str, Tensor] | None = None,
 ) -> Path:
-    """Write ``model`` and its config, plus ``metadata`` (data, training summary, ...)."""
+    """Write ``model`` and its config, plus ``metadata`` (data, training summary, ...).
+
+    ``metadata["storage"]`` (``float32`` unless given) is the dtype the model's floating
+    tensors are stored in: ``float16`` halves the file, and loading casts back to float32.
+    Extra tensors (a fitted prior's Cholesky factors) always stay float32."""
     meta = dict(metadata or {})
     meta["config"] = model.cfg.to_dict()
-    tensors = {
-        MODEL_PREFIX + k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()
-    }
+    dtype = storage_dtype(meta.setdefault("storage", "float32"))
+    tensors = {MODEL_PREFIX + k: _stored(v, dtype) for k, v in model.state_dict().items()}
     for key, value in (extra_tensors or {}).items():
         if key.startswith(MODEL_PREFIX):
             raise ValueError(f"extra tensor name {key!r} clashes with the model prefix")
         tensors[key] = value.detach().cpu().contiguous()
     return write_atomic(path, canonical_header(st_save(tensors, metadata=encode_metadata(meta))))
+
+
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def storage_dtype(name: str) -> torch.dtype:
+    if name not in STORAGE_DTYPES:
+        raise ValueError(f"storage must be one of {sorted(STORAGE_DTYPES)}, got {name!r}")
+    return STORAGE_DTYPES[name]
+
+
+def _stored(tensor: Tensor, dtype: torch.dtype) -> Tensor:
+    cast = tensor.to(dtype) if tensor.is_floating_point() else tensor
+    return cast.detach().cpu().contiguous()
 
 
 def canonical_header(payload: bytes) -> bytes:
