@@ -6,9 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
+from model import VAE, load_weights
 from model import adversarial as A
-from model import load_weights
+from model.compare import main as compare_main
+from model.config import VAEConfig
 from model.finetune import main as finetune_main
 from model.metrics import data_sharpness, mean_gradient
 from model.quality import sharpness_ratios
@@ -118,3 +121,22 @@ def test_finetune_names_a_missing_weights_file(
 ) -> None:
     assert finetune_main([str(tmp_path / "none.safetensors"), "--out", str(tmp_path / "o")]) == 2
     assert "vae-finetune: error:" in capsys.readouterr().err
+
+
+def test_compare_figure_has_originals_reconstructions_and_samples(
+    tmp_path: Path, tiny_weights: Path, idx_dir: Path
+) -> None:
+    out = tmp_path / "cmp.png"
+    args = ["--out", str(out), "--data-dir", str(idx_dir), "--n", "4", "--zoom", "1"]
+    assert compare_main([str(tiny_weights), str(tiny_weights), *args]) == 0
+    with Image.open(out) as figure:  # 1 + 2 + 2 rows of four 28-pixel images, 2-pixel gaps
+        assert figure.size == (4 * 30 + 2, 5 * 30 + 2)
+
+
+def test_compare_refuses_models_of_different_shapes(
+    tmp_path: Path, tiny_weights: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rgb = VAE(VAEConfig(image_size=64, channels=3, latent_dim=2, widths=(4, 4), hidden_dim=8))
+    other = save_weights(tmp_path / "rgb.safetensors", rgb)
+    assert compare_main([str(tiny_weights), str(other), "--out", str(tmp_path / "x.png")]) == 2
+    assert "one shape" in capsys.readouterr().err
