@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ckpts[0].config
     if any(c.config.image_shape != cfg.image_shape for c in ckpts):
         raise ValueError("the models must take images of one shape")
-    test = load_dataset(args.data, args.data_dir, cfg.image_size, cfg.channels).test.images[
-        : args.n
-    ]
+    test = load_dataset(
+        args.data, args.data_dir, cfg.image_size, cfg.channels, with_train=False
+    ).test.images[: args.n]
     rows = comparison_rows(ckpts, test, args.seed)
     rows = torch.nn.functional.interpolate(rows, scale_factor=args.zoom, mode="nearest")
     save_image_grid(args.out, rows, nrow=len(test))

@@ -139,12 +139,16 @@ def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
 
 
 def load_dataset(
-    source: str, data_dir: str | Path | None = None, image_size: int = 28, channels: int = 1
+    source: str,
+    data_dir: str | Path | None = None,
+    image_size: int = 28,
+    channels: int = 1,
+    with_train: bool = True,
 ) -> Dataset:
     """``source`` is ``fashion-mnist``, ``mnist`` (IDX files under ``data_dir`` or the
     Debian package's directory), ``shapes`` (rendered, 64x64 RGB) or a folder of images."""
-    if source == "shapes":
-        return load_shapes(image_size, channels)
+    if source == "shapes":  # rendering is the cost here: skip a train split nobody reads
+        return load_shapes(image_size, channels, shapes.TRAIN_SIZE if with_train else 0)
     if source in IDX_DIRS:
         directory = Path(data_dir) if data_dir else IDX_DIRS[source]
         if not directory.is_dir():
@@ -164,13 +168,15 @@ def load_dataset(
     return load_image_folder(folder, image_size, channels)
 
 
-def load_shapes(image_size: int = shapes.SIZE, channels: int = 3) -> Dataset:
+def load_shapes(
+    image_size: int = shapes.SIZE, channels: int = 3, train_size: int = shapes.TRAIN_SIZE
+) -> Dataset:
     """The procedural ``shapes`` set: fixed train and test seeds, factors kept."""
     if (image_size, channels) != (shapes.SIZE, 3):
         raise DataError(
             f"shapes are {shapes.SIZE}x{shapes.SIZE} RGB: use --image-size "
             f"{shapes.SIZE} --channels 3"
         )
-    train = shapes.generate(shapes.TRAIN_SIZE, shapes.TRAIN_SEED)
+    train = shapes.generate(train_size, shapes.TRAIN_SEED)
     test = shapes.generate(shapes.TEST_SIZE, shapes.TEST_SEED)
     return Dataset("shapes", Split(train[0], factors=train[1]), Split(test[0], factors=test[1]))

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = resolve_device(args.device)
     ckpt = load_weights(args.weights, device)
     cfg = ckpt.config
-    data = load_dataset(args.data, args.data_dir, cfg.image_size, cfg.channels)
+    data = load_dataset(args.data, args.data_dir, cfg.image_size, cfg.channels, with_train=False)
     split = data.test.subset(args.limit_test)
     if args.traversals and split.factors is None:
         # Checked before the long evaluation, not after it.

@@ -127,7 +127,7 @@ def progress(tuner: Finetuner, test: Tensor) -> dict[str, float]:
     tuner.decoder.train()
     return {
         "psnr": recon["psnr"],
-        **{f"sharp_{k}": sharp[k] for k in ("reconstructions", "samples")},
+        **{f"sharp_{k}": float(sharp[k]) for k in ("reconstructions", "samples")},
     }
 
 

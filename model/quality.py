@@ -184,7 +184,7 @@ def sharpness_ratios(
     n: int = 2000,
     seed: int = 0,
     device: str | torch.device = "cpu",
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """Sharpness of reconstructions and of ``n`` samples (the fitted prior where the weights
     carry one, else N(0, I)), each divided by the test images' sharpness."""
     reference = data_sharpness(test_images)
