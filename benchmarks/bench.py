@@ -405,14 +405,14 @@ def main(argv: list[str] | None = None) -> None:
         write_section(args.write, text)
 
 
-def write_section(path: Path, text: str) -> None:
+def write_section(path: Path, text: str, start: str = WRITE_START, end: str = WRITE_END) -> None:
     """Put ``text`` between the markers in ``path``, or append it with them; the rest of
-    the file stays as it is."""
+    the file stays as it is. Other scripts pass their own markers (benchmarks/colour.py)."""
     old = path.read_text() if path.exists() else ""
-    section = f"{WRITE_START}\n\n{text}\n\n{WRITE_END}"
-    if WRITE_START in old and WRITE_END in old:
-        head, rest = old.split(WRITE_START, 1)
-        new = head + section + rest.split(WRITE_END, 1)[1]
+    section = f"{start}\n\n{text}\n\n{end}"
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        new = head + section + rest.split(end, 1)[1]
     else:
         new = (old.rstrip("\n") + "\n\n" if old else "") + section + "\n"
     path.write_text(new)

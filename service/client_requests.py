@@ -19,7 +19,7 @@ NPY = "application/x-npy"
 T = TypeVar("T")
 ImageFile = bytes | str | os.PathLike[str]
 # Image files go as base64 JSON (or multipart); an array (uint8 0..255 or float32 0..1,
-# N×H×W or N×H×W×C at the model's size) takes the npy fast path.
+# N×H×W, N×H×W×C or N×C×H×W at the model's size) takes the npy fast path.
 Images = Sequence[ImageFile] | np.ndarray
 Latents = np.ndarray | Sequence[Sequence[float]]
 Endpoint = ImageFile | Sequence[float] | np.ndarray  # of an interpolation: a file or a latent

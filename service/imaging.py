@@ -1,9 +1,15 @@
 """Image files in, float tensors out, and back to PNG.
 
 Any format Pillow reads is accepted. Every image is converted to the model's channels
-(grey or RGB; transparent pixels become black, the background of MNIST-style data;
-16-bit greys are scaled, not clipped) and resized to the model's square image size
-(the aspect ratio is not kept). Animated files give their first frame.
+and resized to the model's square image size (the aspect ratio is not kept). Animated
+files give their first frame. The conversions:
+
+- alpha (RGBA, LA, PA, and palette or grey images with a transparency key) is composited
+  over black, the background of MNIST-style data: a pixel of value v and alpha a gives
+  v * a / 255, so half-transparent white is mid grey;
+- for a grey model, colour becomes grey by ITU-R 601-2 luma (Pillow's convert("L"));
+- for an RGB model, grey g becomes (g, g, g) and palette images their palette colours;
+- 16-bit greys are scaled to 8 bits (65535 -> 255), not clipped.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The binary fast path: ``application/x-npy`` bodies in, float32 ``.npy`` answers out.
 
 A request body is one NumPy ``.npy`` array of images at the model's size, no resizing:
-``uint8`` (0..255) or ``float32`` (0..1), shaped N×H×W (grey) or N×H×W×C with C = 1 or 3
-(converted to the model's channels as for image files). The header is checked, shape,
-dtype and image count included, before any pixel is read, and nothing is ever unpickled.
-Answers are little-endian float32 arrays.
+``uint8`` (0..255) or ``float32`` (0..1), shaped N×H×W (grey), N×H×W×C or N×C×H×W with
+C = 1 or 3 (converted to the model's channels as for image files). The two 4-D layouts
+cannot be confused: image sides are at least 4, so a last axis of 1 or 3 is channels.
+The header is checked, shape, dtype and image count included, before any pixel is read,
+and nothing is ever unpickled. Answers are little-endian float32 arrays.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ def parse_images(body: bytes, image_size: int, channels: int, max_images: int) -
     """Images in ``body`` as a float32 N×C×H×W tensor in [0, 1]."""
     stream = io.BytesIO(body)
     shape, fortran_order, dtype = _read_header(stream)
-    _check_layout(shape, dtype, image_size, max_images)
+    first = _channels_first(shape)
+    # Checked as channels-last, so that one set of rules and messages covers both layouts.
+    _check_layout(_channels_last(shape) if first else shape, dtype, image_size, max_images)
     data = memoryview(body)[stream.tell() :]
     expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
@@ -44,7 +47,9 @@ def parse_images(body: bytes, image_size: int, channels: int, max_images: int) -
     pixels = _to_unit_float(array)
     if pixels.ndim == 3:
         pixels = pixels.unsqueeze(-1)
-    return _convert_channels(pixels.permute(0, 3, 1, 2), channels).contiguous()
+    if not first:
+        pixels = pixels.permute(0, 3, 1, 2)
+    return _convert_channels(pixels, channels).contiguous()
 
 
 def to_npy(array: Tensor | np.ndarray) -> bytes:
@@ -73,13 +78,24 @@ def _read_header(stream: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise NpyError(f"unsupported .npy format version {version}", 400)
 
 
+def _channels_first(shape: tuple[int, ...]) -> bool:
+    """N×C×H×W (PyTorch's layout): 4-D, C = 1 or 3 second, and a last axis that is not."""
+    return len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3)
+
+
+def _channels_last(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[0], *shape[2:], shape[1])
+
+
 def _check_layout(
     shape: tuple[int, ...], dtype: np.dtype, image_size: int, max_images: int
 ) -> None:
     if dtype not in _ACCEPTED:
         raise NpyError(f"npy dtype must be uint8 or little-endian float32, got {dtype.str}")
     if len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3)):
-        raise NpyError(f"npy array must be N×H×W or N×H×W×C with C in (1, 3), got {shape}")
+        raise NpyError(
+            f"npy array must be N×H×W or N×H×W×C (or N×C×H×W) with C in (1, 3), got {shape}"
+        )
     if shape[0] < 1:
         raise NpyError("npy array holds no images")
     if shape[0] > max_images:

@@ -249,8 +249,8 @@ def multipart_images(count: dict[str, Any]) -> dict[str, Any]:
 NPY_BODY = {
     "type": "string",
     "format": "binary",
-    "description": "A .npy array: uint8 (0..255) or float32 (0..1), N×H×W or N×H×W×C, "
-    "at the model's image size",
+    "description": "A .npy array: uint8 (0..255) or float32 (0..1), N×H×W, N×H×W×C or "
+    "N×C×H×W, at the model's image size",
 }
 
 
@@ -285,8 +285,8 @@ set's posterior means (sharper samples), `prior=standard` from N(0, I); the defa
 (`prior` in JSON, `X-Prior` with `?format=png|npy`).
 
 **Binary fast path**: /encode and /reconstruct also take an `application/x-npy` body
-(uint8 0..255 or float32 0..1, N×H×W or N×H×W×C, at the model's size: not resized),
-and `?format=npy` answers a float32 `.npy` array: images N×H×W×C from /decode,
+(uint8 0..255 or float32 0..1, N×H×W, N×H×W×C or N×C×H×W, at the model's size: not
+resized), and `?format=npy` answers a float32 `.npy` array: images N×H×W×C from /decode,
 /sample, /reconstruct and /interpolate; N×2×D (mean, logvar) from /encode, N×3×D with
 the draw z under `?sample=true` (its seed in `X-Seed`).
 

@@ -34,6 +34,17 @@ def test_float32_nhwc_round_trips_through_the_answer_layout() -> None:
     np.testing.assert_array_equal(back, array)
 
 
+def test_nchw_reads_as_the_same_images_as_nhwc() -> None:
+    nhwc = np.random.default_rng(2).integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
+    for channels in (3, 1):  # as it is, and made grey
+        torch.testing.assert_close(
+            parse_images(npy(nchw), 8, channels, 8), parse_images(npy(nhwc), 8, channels, 8)
+        )
+    with pytest.raises(NpyError, match=r"must be 8×8 .* got 4×4"):
+        parse_images(npy(np.zeros((1, 3, 4, 4), np.uint8)), 8, 3, 8)
+
+
 def test_fortran_order_is_read_correctly() -> None:
     array = np.asfortranarray(np.random.default_rng(1).random((2, 8, 8), dtype=np.float32))
     images = parse_images(npy(array), image_size=8, channels=1, max_images=8)

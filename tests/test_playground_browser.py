@@ -11,6 +11,7 @@ browser download is never used.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import socket
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -68,10 +70,20 @@ pytestmark = [
 # ---------------------------------------------------------------- servers
 
 
-def tiny_weights(folder: Path, name: str, channels: int, image_size: int, seed: int) -> Path:
-    config = VAEConfig(
-        image_size=image_size, channels=channels, latent_dim=4, widths=(4, 8), hidden_dim=16
-    )
+TINY_ARCHITECTURE = {"latent_dim": 4, "widths": (4, 8), "hidden_dim": 16}
+# The shapes model's architecture (64x64 RGB, issue 17), randomly initialised.
+SHAPES_ARCHITECTURE = {"latent_dim": 10, "widths": (16, 32, 64, 64), "hidden_dim": 256}
+
+
+def tiny_weights(
+    folder: Path,
+    name: str,
+    channels: int,
+    image_size: int,
+    seed: int,
+    architecture: dict[str, Any] = TINY_ARCHITECTURE,
+) -> Path:
+    config = VAEConfig(image_size=image_size, channels=channels, **architecture)
     torch.manual_seed(seed)
     meta = {
         "data": {"name": "synthetic", "shape": [channels, image_size, image_size]},
@@ -101,12 +113,13 @@ def launch(log: Path, flags: list[str], env: dict[str, str] | None = None) -> Se
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
     """Three servers, started together: ``bundled`` (the default weights), ``keyed``
-    (tiny weights, with VAE_API_KEYS) and ``repo`` (a grey and a colour model)."""
+    (tiny weights, with VAE_API_KEYS) and ``repo`` (a grey and two colour models)."""
     folder = tmp_path_factory.mktemp("playground")
     models = folder / "models"
     models.mkdir()
     grey = tiny_weights(models, "grey", channels=1, image_size=28, seed=0)
     tiny_weights(models, "colour", channels=3, image_size=32, seed=1)
+    tiny_weights(models, "shapes", 3, 64, seed=2, architecture=SHAPES_ARCHITECTURE)
     started = {
         "bundled": launch(folder / "bundled.log", ["--weights", str(DEFAULT_WEIGHTS)]),
         "keyed": launch(folder / "keyed.log", ["--weights", str(grey)], {"VAE_API_KEYS": KEY}),
@@ -257,6 +270,32 @@ def png_bytes(width: int, height: int, mode: str, seed: int) -> bytes:
     out = io.BytesIO()
     Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(out, "PNG")
     return out.getvalue()
+
+
+def shows_colour(img: Locator) -> bool:
+    """Whether the shown image, read back through a canvas, has a pixel that is not grey."""
+    return bool(
+        img.evaluate(
+            """(img) => {
+            const canvas = document.createElement("canvas");
+            canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+            const context = canvas.getContext("2d");
+            context.drawImage(img, 0, 0);
+            const d = context.getImageData(0, 0, canvas.width, canvas.height).data;
+            for (let i = 0; i < d.length; i += 4) {
+                if (d[i] !== d[i + 1] || d[i + 1] !== d[i + 2]) return true;
+            }
+            return false;
+        }"""
+        )
+    )
+
+
+def fetched_png(src: str) -> Image.Image:
+    """The PNG behind an <img> the page filled from an API answer (a data: URL)."""
+    prefix = "data:image/png;base64,"
+    assert src.startswith(prefix), src[:40]
+    return Image.open(io.BytesIO(base64.b64decode(src[len(prefix) :])))
 
 
 # ---------------------------------------------------------------- the tests
@@ -454,7 +493,7 @@ def test_colour_model_from_the_model_picker(
 ) -> None:
     page = open_page(servers["repo"]).page
     picker = page.get_by_test_id("model-picker")
-    expect(picker.locator("option")).to_have_text(["colour", "grey (default)"])
+    expect(picker.locator("option")).to_have_text(["colour", "grey (default)", "shapes"])
     expect(picker).to_have_value("grey")
     picker.select_option("colour")
     expect(status(page, "name")).to_have_text("colour")
@@ -463,23 +502,7 @@ def test_colour_model_from_the_model_picker(
     images = sample(page, 4, seed=2)
     assert all(image["width"] == 32 and image["shown"] == 64 for image in images)
     expect(page.get_by_test_id("sample-seed")).to_contain_text("prior standard")
-    colourful = (
-        page.get_by_test_id("sample-grid")
-        .locator("img")
-        .first.evaluate(
-            """(img) => {
-            const canvas = document.createElement("canvas");
-            canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
-            const context = canvas.getContext("2d");
-            context.drawImage(img, 0, 0);
-            const d = context.getImageData(0, 0, canvas.width, canvas.height).data;
-            for (let i = 0; i < d.length; i += 4) {
-                if (d[i] !== d[i + 1] || d[i + 1] !== d[i + 2]) return true;
-            }
-            return false;
-        }"""
-        )
-    )
+    colourful = shows_colour(page.get_by_test_id("sample-grid").locator("img").first)
     assert colourful, "the colour model's samples came out grey"
     page.get_by_test_id("example-picker").get_by_role("button", name="Pullover").click()
     assert loaded_images(page, "reconstruction")[0]["width"] == 32  # grey example, RGB model
@@ -492,6 +515,32 @@ def test_colour_model_from_the_model_picker(
     expect(page.get_by_test_id("traversal-row")).to_have_count(4)
     page.reload()  # the model picked is kept for the session
     expect(status(page, "name")).to_have_text("colour")
+
+
+def test_traversal_of_a_64x64_rgb_model_is_colour(
+    servers: dict[str, Server], open_page: Callable[..., Watched], tmp_path: Path
+) -> None:
+    """The shapes architecture (issue 17): picked, traversed from a colour upload, and
+    the traversal's images are RGB PNGs that show colour."""
+    page = open_page(servers["repo"]).page
+    page.get_by_test_id("model-picker").select_option("shapes")
+    expect(status(page, "shape")).to_have_text("10 dims · images 3×64×64")
+    expect(status(page, "ready")).to_have_text("ready")
+    upload = tmp_path / "colour-64.png"
+    upload.write_bytes(png_bytes(64, 64, "RGB", seed=4))
+    page.get_by_test_id("traverse-file").set_input_files(upload)
+    expect(page.get_by_test_id("traverse-source")).to_have_value("file")
+    page.get_by_test_id("traverse-k").fill("3")
+    page.get_by_test_id("traverse-steps").fill("5")
+    page.get_by_test_id("traverse-button").click()
+    rows = page.get_by_test_id("traversal-grid").get_by_test_id("traversal-row")
+    expect(rows).to_have_count(3)
+    images = loaded_images(page, "traversal-grid")
+    assert len(images) == 15
+    assert all(image["width"] == 64 and image["shown"] == 64 for image in images)
+    pngs = [fetched_png(str(image["src"])) for image in images]
+    assert {(png.mode, png.size) for png in pngs} == {("RGB", (64, 64))}
+    assert shows_colour(rows.first.locator("img").first), "the traversal came out grey"
 
 
 def test_keyboard_labels_and_a_narrow_screen(

@@ -1,0 +1,44 @@
+"""benchmarks/colour.py measures real work: every request it sends is one the service
+answers 200 for the same 64x64 RGB weights, and every in-process counterpart runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from fastapi.testclient import TestClient
+
+from benchmarks import bench, colour
+from model import VAE, save_weights
+from service.main import create_app
+from tests.conftest import settings_for
+
+
+def test_every_row_is_work_the_service_answers(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    meta = {"data": {"name": "synthetic", "shape": [3, 64, 64]}, "training": {"epochs": 0}}
+    weights = save_weights(tmp_path / "shapes.safetensors", VAE(colour.SHAPES).eval(), meta)
+    work = colour.build(weights)
+    assert [w.name for w in work][:2] == ["encode 1 image, JSON", "decode 1 latent, JSON"]
+    assert {w.images for w in work} == {1, 256}
+    # the service's default limits, as the benchmark's server runs with
+    limits = {"max_body_bytes": 32 * 1024 * 1024, "max_images_per_request": 1024}
+    settings = settings_for(weights).model_copy(update=limits)
+    with TestClient(create_app(settings)) as client, torch.inference_mode():
+        for w in work:
+            request = w.requests["ours"]
+            headers = {"content-type": request.content_type, **dict(request.headers)}
+            reply = client.request(
+                request.method, request.path, content=request.body, headers=headers
+            )
+            assert reply.status_code == 200, (w.name, reply.text[:200])
+            w.in_process()
+
+
+def test_its_report_has_its_own_section(tmp_path: Path) -> None:
+    target = tmp_path / "BENCHMARKS.md"
+    bench.write_section(target, "the main run")
+    bench.write_section(target, "colour, first", colour.WRITE_START, colour.WRITE_END)
+    bench.write_section(target, "colour, again", colour.WRITE_START, colour.WRITE_END)
+    text = target.read_text()
+    assert "the main run" in text and "colour, again" in text and "first" not in text
