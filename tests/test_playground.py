@@ -1,5 +1,5 @@
 """The playground's page and files as the service serves them (no browser here; the
-browser tests are test_playground_browser.py), and where its example images come from.
+browser tests are test_playground_browser*.py), and where its example images come from.
 
 ``python tests/test_playground.py --write-examples`` writes the bundled examples again
 from Debian's Fashion-MNIST test set.
