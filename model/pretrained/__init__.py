@@ -3,5 +3,7 @@
 from pathlib import Path
 
 PRETRAINED_DIR = Path(__file__).resolve().parent
-# Trained on the full Fashion-MNIST training set; docs/training.md says how to reproduce.
-DEFAULT_WEIGHTS = PRETRAINED_DIR / "fashion-mnist.safetensors"
+# The bundled VAEs, a model repository of their own: VAE_MODEL_DIR=BUNDLED_MODELS serves them
+# all side by side (docs/training.md says how each was made).
+BUNDLED_MODELS = PRETRAINED_DIR / "models"
+DEFAULT_WEIGHTS = BUNDLED_MODELS / "fashion-mnist.safetensors"
