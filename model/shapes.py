@@ -31,7 +31,7 @@ FACTORS: dict[str, int] = {
 FACTOR_NAMES = tuple(FACTORS)
 TRAIN_SEED, TEST_SEED = 0, 1  # a fixed split: the test images never change
 TRAIN_SIZE, TEST_SIZE = 40_000, 5_000
-_MIN_RADIUS, _MAX_RADIUS = 10.0, 18.0
+_MIN_RADIUS, _MAX_RADIUS = 12.0, 20.0
 # Rotation covers [0°, 90°): a square repeats every 90°, so larger angles would alias.
 _MAX_ROTATION = math.pi / 2
 

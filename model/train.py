@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (cosine decay)")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear KL warm-up length")
+    p.add_argument("--clip-grad", type=float, help="clip the gradient's norm to this (off: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--out", type=Path, default=Path("runs/vae.safetensors"))
@@ -76,6 +77,8 @@ def positive_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
     for name in ("epochs", "batch_size", "latent_dim", "hidden_dim", "image_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.clip_grad is not None and args.clip_grad <= 0:
+        parser.error("--clip-grad must be positive")
     if args.lr <= 0 or args.beta < 0 or args.warmup_epochs < 0 or args.prior_components < 0:
         parser.error("--lr must be positive; --beta, --warmup-epochs, --prior-components >= 0")
     try:
@@ -124,6 +127,9 @@ class Trainer:
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.loss).backward()
+        if self.args.clip_grad:  # a rare huge step can blow the posterior variances up
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return torch.stack([terms.neg_elbo, terms.recon, terms.kl]).detach()

@@ -108,6 +108,8 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         ["--widths", "a,b"],
         ["--likelihood", "poisson"],
         ["--channels", "2"],
+        ["--clip-grad", "0"],
+        ["--storage", "int8"],
     ],
 )
 def test_bad_arguments_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,6 +117,18 @@ def test_bad_arguments_are_refused(argv: list[str], capsys: pytest.CaptureFixtur
         main(argv)
     assert exc.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+@needs_data
+def test_clipped_float16_run_stores_half_the_bytes(tmp_path: Path) -> None:
+    full, half = tmp_path / "f32.safetensors", tmp_path / "f16.safetensors"
+    assert train(full, "--epochs", "1", "--prior-components", "0") == 0
+    assert train(half, "--epochs", "1", "--prior-components", "0", "--storage", "float16") == 0
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    assert load_weights(half).metadata["storage"] == "float16"
+    clipped = tmp_path / "clipped.safetensors"
+    assert train(clipped, "--epochs", "1", "--prior-components", "0", "--clip-grad", "1") == 0
+    assert load_weights(clipped).metadata["training"]["args"]["clip_grad"] == 1.0
 
 
 def test_bad_data_path_gets_one_clear_line(
