@@ -144,12 +144,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         row = {"epoch": epoch + 1, **losses, **progress(tuner, test)}
         history.append(row | {"seconds": time.perf_counter() - began})
         print(" | ".join(f"{k} {v:.4g}" for k, v in history[-1].items()), flush=True)
-    save_sharp(args, ckpt, history)
+        # Saved after every epoch: the learning rate is constant, so the file after K
+        # epochs is exactly what --epochs K writes, and a run can be stopped at any epoch.
+        save_sharp(args, ckpt, history)
     return history
 
 
 def save_sharp(args: argparse.Namespace, ckpt: Checkpoint, history: list[dict[str, Any]]) -> None:
     hyper = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    hyper["epochs"] = len(history)
     meta = {k: v for k, v in ckpt.metadata.items() if k not in ("config", "format_version")}
     meta["finetune"] = {
         "args": hyper,
@@ -160,7 +163,8 @@ def save_sharp(args: argparse.Namespace, ckpt: Checkpoint, history: list[dict[st
     }
     meta["storage"] = args.storage
     save_weights(args.out, ckpt.model.eval(), meta, ckpt.extra_tensors)
-    print(f"wrote {args.out}", flush=True)
+    ckpt.model.decoder.train()
+    print(f"wrote {args.out} (epoch {len(history)})", flush=True)
 
 
 @one_line_errors("vae-finetune")
