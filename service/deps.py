@@ -6,12 +6,12 @@ dependency on its thread pool, a thread hop per dependency per request.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
 from service.errors import ModelNotFound, NotReady, UnsupportedMediaType
+from service.leases import hold
 from service.observability import MODEL_STATE, PREFIX_STATE
 from service.repository import ModelRepository, ModelUnavailable, UnknownModel, Version
 from service.runtime import ModelRuntime
@@ -63,16 +63,16 @@ def tag(request: Request, name: str, sha256: str) -> None:
     setattr(request.state, MODEL_STATE, (name, sha256))
 
 
-async def get_runtime(request: Request) -> AsyncIterator[ModelRuntime]:
+async def get_runtime(request: Request) -> ModelRuntime:
     """The version serving the path's model (else the default), held for the whole
-    request so that a swap meanwhile lets it finish there. Its name and SHA-256 go
-    into the response headers (service/observability.py)."""
+    request so that a swap meanwhile lets it finish there (service/leases.py). Its name
+    and SHA-256 go into the response headers (service/observability.py)."""
     repository = get_repository(request)
     name = request.path_params.get("model")
     version = serving(repository, name)
     tag(request, name or repository.default, version.sha256)
-    with version.held():
-        yield version.runtime
+    hold(request, version)
+    return version.runtime
 
 
 async def get_app_settings(request: Request) -> Settings:

@@ -121,6 +121,9 @@ class RequestGuard:
     when a watcher starts listening for its client's disconnect (uvicorn does not
     cancel a handler whose client left). Requests are assumed not to read a body on
     GET or HEAD, as none of this service's do.
+
+    Not ``asyncio.timeout``: it would still need the sweep for disconnects, and alone it
+    measured ~6.5 µs of event-loop CPU a request against ~3.5 µs for all of this guard.
     """
 
     def __init__(self, app: ASGIApp, timeout_s: float) -> None:

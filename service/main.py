@@ -12,6 +12,7 @@ from model import Checkpoint
 from service import __version__
 from service.auth import add_access_control
 from service.errors import install_error_handlers
+from service.leases import ReleaseLeases
 from service.lifespan import model_lifespan
 from service.limits import BodySizeLimit, LoadShedder, RequestGuard
 from service.metrics import Metrics
@@ -29,8 +30,10 @@ from service.settings import Settings, get_settings
 
 
 def add_middleware(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
-    """Innermost first: body size, time limit, API keys and CORS, then ids and metrics
-    around everything, so that refusals by the others are counted and logged too."""
+    """Innermost first: model leases, body size, time limit, API keys and CORS, then ids
+    and metrics around everything, so that refusals by the others are counted and logged
+    too."""
+    app.add_middleware(ReleaseLeases)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestGuard, timeout_s=settings.request_timeout_s)
     app.add_middleware(LoadShedder, max_wait_s=settings.max_queue_wait_ms / 1000)

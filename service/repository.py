@@ -75,16 +75,22 @@ class Version:
     def sha256(self) -> str:
         return self.runtime.checkpoint.sha256
 
+    def hold(self) -> None:
+        """A request uses this version: a swap closes it only once none does."""
+        self.leases += 1
+
+    def release(self) -> None:
+        self.leases -= 1
+        if self.retired and not self.leases:
+            self.released.set()
+
     @contextlib.contextmanager
     def held(self) -> Iterator[None]:
-        """While a request uses this version: a swap closes it only once none does."""
-        self.leases += 1
+        self.hold()
         try:
             yield
         finally:
-            self.leases -= 1
-            if self.retired and not self.leases:
-                self.released.set()
+            self.release()
 
 
 @dataclass(eq=False)
