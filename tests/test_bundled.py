@@ -3,15 +3,21 @@ training measured in float32, and the sharp model shares the default's encoder a
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+from fastapi.testclient import TestClient
+from PIL import Image
 
 from model import load_weights
 from model.data import load_idx_split
 from model.metrics import evaluate_elbo
 from model.pretrained import BUNDLED_MODELS, DEFAULT_WEIGHTS
+from service.main import create_app
+from tests.conftest import settings_for
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 SHARP = BUNDLED_MODELS / "fashion-mnist-sharp.safetensors"
@@ -36,3 +42,33 @@ def test_sharp_model_shares_the_default_encoder_and_prior() -> None:
     assert all(torch.equal(v, sharp.model.encoder.state_dict()[k]) for k, v in enc.items())
     assert default.extra_tensors.keys() == sharp.extra_tensors.keys()
     assert all(torch.equal(v, sharp.extra_tensors[k]) for k, v in default.extra_tensors.items())
+
+
+@pytest.fixture(scope="module")
+def bundled_client() -> Iterator[TestClient]:
+    """All bundled models served side by side from their folder, as the README says."""
+    settings = settings_for(DEFAULT_WEIGHTS).model_copy(update={"model_dir": BUNDLED_MODELS})
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_every_bundled_model_serves_side_by_side(bundled_client: TestClient) -> None:
+    models = {m["name"]: m for m in bundled_client.get("/models").json()["models"]}
+    assert set(models) == {"fashion-mnist", "fashion-mnist-sharp", "shapes"}
+    assert all(m["state"] == "ready" for m in models.values())
+    answer = bundled_client.get(
+        "/models/shapes/sample", params={"n": 2, "seed": 1, "format": "png"}
+    )
+    with Image.open(io.BytesIO(answer.content)) as grid:
+        assert grid.mode == "RGB"
+
+
+def test_the_sharp_decoder_decodes_the_default_encoder_latents(
+    bundled_client: TestClient, make_image: Callable[..., bytes]
+) -> None:
+    files = {"images": ("a.png", make_image(28, 28, "L"), "image/png")}
+    default = bundled_client.post("/models/fashion-mnist/encode", files=files).json()
+    sharp = bundled_client.post("/models/fashion-mnist-sharp/encode", files=files).json()
+    assert default["mean"] == sharp["mean"]  # one encoder: one latent space
+    decoded = bundled_client.post("/models/fashion-mnist-sharp/decode", json={"z": default["mean"]})
+    assert decoded.status_code == 200
