@@ -5,9 +5,8 @@ latent) a request and 256 a request.
     python -m benchmarks.colour                             # about 3 minutes on 2 cores
     python -m benchmarks.colour --write BENCHMARKS.md       # into its own marked section
 
-Weights: --weights, else runs/shapes/shapes.safetensors once training has written it,
-else a randomly initialised model of the shapes architecture. Speed depends on the
-architecture, not on the weights' values, and the report says which weights ran. Input
+Weights: --weights, else the bundled shapes model (model/pretrained/models/shapes.safetensors);
+the report says which weights ran. Input
 images are random RGB pixels (benchmarks/workloads.py): noise makes larger PNGs than
 flat-coloured shapes, so the JSON encode rows include a pessimistic PNG decoding cost.
 CPU only, and no peers: bench.py compares with LitServe and a naive server.
@@ -19,7 +18,6 @@ import argparse
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,14 +26,12 @@ import torch
 
 from benchmarks import bench, servers, workloads
 from benchmarks.load import Load, Request, drive
-from model import VAE, VAEConfig, load_weights, save_weights
+from model import VAE, load_weights
+from model.pretrained import BUNDLED_MODELS
 from service.imaging import encode_base64_pngs
 from service.runtime import torch_threads
 
-SHAPES = VAEConfig(
-    image_size=64, channels=3, latent_dim=10, widths=(16, 32, 64, 64), hidden_dim=256
-)
-TRAINED = Path(__file__).resolve().parent.parent / "runs" / "shapes" / "shapes.safetensors"
+BUNDLED = BUNDLED_MODELS / "shapes.safetensors"
 B = workloads.BATCH
 # The rows, by the names benchmarks/workloads.py gives them, and the one added here.
 KEPT = (
@@ -73,16 +69,7 @@ def shapes_weights(given: Path | None) -> tuple[Path, str]:
     """The weights to run, and how the report describes them."""
     if given is not None:
         return given, str(given)
-    if TRAINED.is_file():
-        return TRAINED, f"trained shapes model ({TRAINED.name})"
-    torch.manual_seed(0)
-    path = Path(tempfile.mkdtemp()) / "shapes-random.safetensors"
-    meta = {"data": {"name": "none", "shape": [3, 64, 64]}, "training": {"epochs": 0}}
-    save_weights(path, VAE(SHAPES).eval(), meta)
-    return path, (
-        "random init of the shapes architecture (latent_dim 10, widths 16-32-64-64, hidden "
-        "256; runs/shapes/shapes.safetensors not written yet)"
-    )
+    return BUNDLED, f"the bundled shapes model ({BUNDLED.name})"
 
 
 def decode_one(model: VAE) -> workloads.Workload:

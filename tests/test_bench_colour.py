@@ -9,15 +9,13 @@ import torch
 from fastapi.testclient import TestClient
 
 from benchmarks import bench, colour
-from model import VAE, save_weights
 from service.main import create_app
 from tests.conftest import settings_for
 
 
-def test_every_row_is_work_the_service_answers(tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    meta = {"data": {"name": "synthetic", "shape": [3, 64, 64]}, "training": {"epochs": 0}}
-    weights = save_weights(tmp_path / "shapes.safetensors", VAE(colour.SHAPES).eval(), meta)
+def test_every_row_is_work_the_service_answers() -> None:
+    weights, described = colour.shapes_weights(None)
+    assert described.startswith("the bundled shapes model")
     work = colour.build(weights)
     assert [w.name for w in work][:2] == ["encode 1 image, JSON", "decode 1 latent, JSON"]
     assert {w.images for w in work} == {1, 256}
