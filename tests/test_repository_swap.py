@@ -43,7 +43,7 @@ CLIENTS = 16
 MIN_LOAD_S = 20.0
 POLL_S = 0.2
 SWAP_TIMEOUT_S = 30.0
-MAX_RSS_GROWTH = 0.10
+MAX_RSS_GROWTH = 0.05  # after the first cycle; measured +0.3% and +1.2%, one leaked version ~7%
 DEFAULT = "fashion-mnist"
 FILE = f"{DEFAULT}.safetensors"
 
@@ -197,6 +197,9 @@ async def swap_under_load(server: Server, folder: Path, a: bytes, b: bytes) -> d
             await swap_to(b)
             await add_and_remove_a_model(admin, folder, b, figures)
             await swap_to(a)
+            # After one whole cycle (A, B, A) the allocator has seen two versions live at
+            # once: the baseline for leaks, which would grow RSS with every later swap.
+            figures["rss_cycle"] = await rss_settled(server)
 
             broke = put(folder, FILE, corrupt)
 
@@ -290,6 +293,7 @@ def test_the_default_model_is_swapped_five_times_under_load(
     by_sha = Counter(a.sha256 for a in answers)
     by_op = Counter(a.op for a in answers)
     rss_before, rss_after = figures["rss_before"], figures["rss_after"]
+    rss_cycle = figures["rss_cycle"]
     print(
         f"\nrepository swap under load: {len(answers)} requests in {figures['load_s']:.1f} s "
         f"({len(answers) / figures['load_s']:.0f}/s) from {CLIENTS} clients, "
@@ -308,7 +312,8 @@ def test_the_default_model_is_swapped_five_times_under_load(
     print(f"  answers by version: { {k[:12] if k else k: v for k, v in by_sha.items()} }")
     print(
         f"  RSS before the first swap {rss_before / 2**20:.0f} MiB, after the last "
-        f"{rss_after / 2**20:.0f} MiB ({(rss_after / rss_before - 1) * 100:+.1f}%)"
+        f"{rss_after / 2**20:.0f} MiB ({(rss_after / rss_before - 1) * 100:+.1f}%); after "
+        f"the first cycle {rss_cycle / 2**20:.0f} MiB ({(rss_after / rss_cycle - 1) * 100:+.1f}%)"
     )
 
     assert figures["load_s"] >= MIN_LOAD_S
@@ -319,9 +324,10 @@ def test_the_default_model_is_swapped_five_times_under_load(
     assert not stray, f"{len(stray)} answers from a version not live then, e.g. {stray[:3]}"
     assert all(a.model == DEFAULT for a in answers)
     assert len(load.versions) == 5  # A, then B, A, B, A: the corrupt file never served
-    # Growth is the leak to catch; a closed version's pages go back to the OS
-    # (repository.release_memory), so RSS may also end below where it began.
-    assert rss_after <= rss_before * (1 + MAX_RSS_GROWTH)
+    # Growth across swaps is the leak to catch: the next two swaps retire two versions, and
+    # each one kept alive would add its weights and runtime (30-40 MiB, about 7%). A closed
+    # version's pages go back to the OS (repository.release_memory), so RSS may also fall.
+    assert rss_after <= rss_cycle * (1 + MAX_RSS_GROWTH)
     metrics = figures["metrics"]
     assert f'vae_model_swaps_total{{model="{DEFAULT}"}} 4.0' in metrics
     assert f'vae_model_loads_total{{model="{DEFAULT}",outcome="failure"}} 1.0' in metrics
