@@ -17,7 +17,8 @@ from model.metrics import active_units, evaluate_elbo, iwae_nll, psnr, reconstru
 
 RESULT_KEYS = {
     "data", "weights", "sha256", "n_images", "neg_elbo", "recon", "kl", "iwae_nll", "iwae_k",
-    "mse", "psnr", "recon_sharpness", "sharpness", "active_units", "latent_dim", "seed", "device", "seconds",
+    "mse", "psnr", "recon_sharpness", "sharpness", "active_units", "latent_dim", "seed",
+    "device", "seconds",
 }  # fmt: skip
 
 
