@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from model.loss import reconstruction_nll
 from model.metrics import reconstruction_error
 from model.quality import sharpness_ratios
 from model.train import epoch_batches
-from model.weights import Checkpoint, load_weights, save_weights
+from model.weights import STORAGE_DTYPES, Checkpoint, load_weights, save_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--critic-warmup", type=int, default=300, help="critic-only steps first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--storage", default="float32", choices=("float32", "float16"))
+    p.add_argument("--storage", default="float32", choices=tuple(STORAGE_DTYPES))
     return p
 
 
@@ -58,7 +58,6 @@ class Finetuner:
     ckpt: Checkpoint
     args: argparse.Namespace
     device: torch.device
-    adaptive: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         torch.manual_seed(self.args.seed)
@@ -88,7 +87,6 @@ class Finetuner:
             weight = A.adaptive_weight(rec, gen_loss, last) * self.args.adv_weight
             loss = rec + weight * gen_loss
             self.critic.requires_grad_(True)
-            self.adaptive.append(float(weight))
             out |= {"gen": float(gen_loss.detach()), "weight": float(weight)}
         self.opt_dec.zero_grad(set_to_none=True)
         loss.backward()

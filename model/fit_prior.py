@@ -17,7 +17,7 @@ from model.data import load_dataset
 from model.distributed import resolve_device
 from model.prior import COVARIANCE_TYPES, FittedPrior, attach_prior, fit_to_images
 from model.vae import VAE
-from model.weights import load_weights
+from model.weights import STORAGE_DTYPES, load_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="device that encodes: auto, cpu, cuda[:N]")
     p.add_argument("--out", type=Path, help="write here instead of replacing WEIGHTS in place")
     p.add_argument(
-        "--storage", choices=("float32", "float16"), help="rewrite the model tensors in this dtype"
+        "--storage", choices=tuple(STORAGE_DTYPES), help="rewrite the model tensors in this dtype"
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p

@@ -30,7 +30,7 @@ from model.loss import elbo_terms, kl_weight
 from model.metrics import evaluate_elbo
 from model.prior import COVARIANCE_TYPES, FittedPrior
 from model.vae import VAE
-from model.weights import save_weights
+from model.weights import STORAGE_DTYPES, save_weights
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-components", type=int, default=10, help="fitted prior; 0: none")
     p.add_argument("--prior-covariance", default="full", choices=COVARIANCE_TYPES)
     p.add_argument(
-        "--storage", default="float32", choices=("float32", "float16"), help="weights dtype"
+        "--storage", default="float32", choices=tuple(STORAGE_DTYPES), help="weights dtype"
     )
     p.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
     return p
