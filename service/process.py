@@ -1,9 +1,11 @@
 """Process-wide set-up, in one place and once per process start: logging, torch's
-thread pool, Pillow's decompression-bomb limit, and the garbage collector."""
+thread pool, Pillow's decompression-bomb limit, the garbage collector and freed memory."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
+from collections.abc import Callable
 
 import torch
 
@@ -24,3 +26,23 @@ def freeze_start_up_objects() -> None:
     """Move what start-up made (torch, FastAPI, the models) out of the collector's
     reach: full collections over them were the p99 latency (110 ms -> 46 ms at c=32)."""
     gc.freeze()
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+    return trim
+
+
+MALLOC_TRIM = _malloc_trim()
+
+
+def release_memory() -> None:
+    """Give freed pages back to the OS: glibc keeps them for reuse, in the malloc arena
+    of the thread that freed them. Each model's batcher thread has its own arena, where
+    its warm-up's buffers stayed resident (4 copies of the default weights: 730 MiB RSS,
+    568 after a trim), and so did a swapped-out version's (5-15% more RSS after swaps)."""
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)

@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from model import Checkpoint
 from service.backends import load_backend
 from service.metrics import Metrics
+from service.peers import ReloadNotices
+from service.process import release_memory
 from service.runtime import Batching, ModelRuntime, load_checkpoint, torch_threads
 from service.settings import Settings
 
@@ -123,6 +124,7 @@ class ModelRepository:
         self._seen: dict[str, Stamp | None] = {}  # changes waiting one scan to settle
         self._watcher: asyncio.Task[None] | None = None
         self._ignored: set[str] = set()  # files logged as ignored: once each, not every scan
+        self.notices = ReloadNotices.shared()  # other workers' reloads (--workers > 1)
 
     def discover(self) -> dict[str, Path]:
         """Model name -> weights file, as the settings and the folder say now."""
@@ -151,10 +153,11 @@ class ModelRepository:
         if self.settings.model_dir is None:  # one model: weights that fail stop start-up
             ((name, path),) = found.items()
             await self.load(name, path, preloaded, strict=True)
-            return
-        for name, path in found.items():
-            await self.load(name, path)
-        self._watcher = asyncio.create_task(self._watch(), name="model-repository-watch")
+        else:
+            for name, path in found.items():
+                await self.load(name, path)
+        if self.settings.model_dir is not None or self.notices is not None:
+            self._watcher = asyncio.create_task(self._watch(), name="model-repository-watch")
 
     def names(self) -> list[str]:
         return sorted(self.entries)
@@ -200,6 +203,16 @@ class ModelRepository:
             await self._retire(old)
             del old
         await asyncio.to_thread(release_memory)  # the warm-up's and any old version's pages
+        return entry
+
+    async def reload(self, name: str) -> Entry:
+        """Load ``name``'s file again now, here and (``--workers``) in every other worker."""
+        entry = self.entries.get(name)
+        if entry is None or not entry.path.is_file():
+            raise UnknownModel(name, self.names())
+        entry = await self.load(name, entry.path)
+        if self.notices is not None:
+            self.notices.announce(name)
         return entry
 
     async def _start_runtime(
@@ -275,11 +288,20 @@ class ModelRepository:
                 continue
             await self.load(name, path)
 
+    async def follow_peers(self) -> None:
+        """Reload what another worker was asked to reload."""
+        for name in self.notices.pending() if self.notices else []:
+            if name in self.entries:
+                logger.info("model %s: reloading, as another worker did", name)
+                await self.load(name, self.entries[name].path)
+
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.settings.model_poll_s)
             try:
-                await self.sync()
+                if self.settings.model_dir is not None:
+                    await self.sync()
+                await self.follow_peers()
             except Exception:  # a scan that failed (folder gone?) is tried again
                 logger.exception("model repository: scan of %s failed", self.settings.model_dir)
 
@@ -292,26 +314,6 @@ class ModelRepository:
         for entry in self.entries.values():
             if entry.live is not None:
                 await entry.live.runtime.aclose()
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim  # glibc only
-    except (OSError, AttributeError):
-        return None
-    return trim
-
-
-MALLOC_TRIM = _malloc_trim()
-
-
-def release_memory() -> None:
-    """Give freed pages back to the OS: glibc keeps them for reuse, in the malloc arena
-    of the thread that freed them. Each model's batcher thread has its own arena, where
-    its warm-up's buffers stayed resident (4 copies of the default weights: 730 MiB RSS,
-    568 after a trim), and so did a swapped-out version's (5-15% more RSS after swaps)."""
-    if MALLOC_TRIM is not None:
-        MALLOC_TRIM(0)
 
 
 def batching(settings: Settings) -> Batching:

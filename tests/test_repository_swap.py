@@ -326,7 +326,7 @@ def test_the_default_model_is_swapped_five_times_under_load(
     assert len(load.versions) == 5  # A, then B, A, B, A: the corrupt file never served
     # Growth across swaps is the leak to catch: the next two swaps retire two versions, and
     # each one kept alive would add its weights and runtime (30-40 MiB, about 7%). A closed
-    # version's pages go back to the OS (repository.release_memory), so RSS may also fall.
+    # version's pages go back to the OS (process.release_memory), so RSS may also fall.
     assert rss_after <= rss_cycle * (1 + MAX_RSS_GROWTH)
     metrics = figures["metrics"]
     assert f'vae_model_swaps_total{{model="{DEFAULT}"}} 4.0' in metrics

@@ -24,6 +24,7 @@ from test_shutdown import load_until_gone, logged_requests
 
 from service.cli import worker_environment
 from service.metrics import MULTIPROC_DIR, QUEUE_REFRESH_S
+from service.peers import ReloadNotices
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,3 +193,45 @@ def test_sigterm_drains_every_worker(two_workers: tuple[Any, Path]) -> None:
     messages = server.log.read_text()
     assert messages.count("Application shutdown complete.") == 2
     print(f"shutdown, 2 workers: {len(answered)} answered, by worker {dict(by_worker)}")
+
+
+def test_a_reload_notice_reaches_the_other_workers_once(tmp_path: Path) -> None:
+    before = ReloadNotices(tmp_path)
+    before.announce("old")
+    here, there = ReloadNotices(tmp_path), ReloadNotices(tmp_path)
+    assert there.pending() == []  # what was announced before a worker started, it loaded
+    here.announce("tiny")
+    assert here.pending() == []  # its own reload is done already
+    assert there.pending() == ["tiny"]
+    assert there.pending() == []
+    here.announce("tiny")
+    assert there.pending() == ["tiny"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old", "tiny"]  # no partial files
+
+
+@pytest.mark.slow
+def test_a_reload_reaches_every_worker(
+    start_server: Callable[..., Any],
+    tiny_weights: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(MULTIPROC_DIR, str(tmp_path / "metrics"))
+    monkeypatch.setenv("VAE_ADMIN_KEYS", "admin-key")
+    flags = ("--device", "cpu", "--workers", "2", "--model-poll-s", "0.2")
+    server = start_server("--weights", str(tiny_weights), *flags)
+    wait_for_workers(server, 2)
+    reply = fresh_connection(
+        "POST", f"{server.url}/models/tiny/reload", headers={"Authorization": "Bearer admin-key"}
+    )
+    assert reply.status_code == 200, reply.text
+    swaps = ("vae_model_swaps_total", frozenset({"model": "tiny"}.items()))
+    deadline = time.monotonic() + 30
+    while (scraped := samples(fresh_connection("GET", f"{server.url}/metrics").text)).get(
+        swaps
+    ) != 2:  # one new version in each worker
+        assert time.monotonic() < deadline, scraped.get(swaps)
+        time.sleep(0.2)
+    loads = ("vae_model_loads_total", frozenset({"model": "tiny", "outcome": "success"}.items()))
+    assert scraped[loads] == 4
+    assert server.log.read_text().count("reloading, as another worker did") == 1

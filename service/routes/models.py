@@ -99,11 +99,12 @@ async def require_admin(request: Request) -> None:
 )
 async def reload_model(model: ModelName, repository: Repository, request: Request) -> ModelSummary:
     """Load the model's file again now, warm it up beside the serving version, and
-    swap it in; a file that does not load leaves the old version serving (422)."""
-    entry = repository.entries.get(model)
-    if entry is None or not entry.path.is_file():
-        raise ModelNotFound(str(UnknownModel(model, repository.names())))
-    entry = await repository.load(model, entry.path)
+    swap it in; a file that does not load leaves the old version serving (422). With
+    several workers, the others follow within VAE_MODEL_POLL_S."""
+    try:
+        entry = await repository.reload(model)
+    except UnknownModel as exc:
+        raise ModelNotFound(str(exc)) from None
     if entry.live is not None:
         tag(request, model, entry.live.sha256)
     if entry.error is not None:
