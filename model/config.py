@@ -23,6 +23,9 @@ class VAEConfig:
     latent_dim: int = 32
     widths: tuple[int, ...] = (32, 64)
     hidden_dim: int = 512
+    # Channels of a 3x3 conv refinement at full resolution before the decoder's output
+    # layer; 0: none (the last transposed conv writes the image directly).
+    head_width: int = 0
     likelihood: Likelihood = "bernoulli"
     # Fixed observation std of the Gaussian likelihood (ignored for Bernoulli).
     gaussian_std: float = 0.1
@@ -51,11 +54,13 @@ class VAEConfig:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
         if self.hidden_dim < 1 or self.gaussian_std <= 0:
             raise ValueError("hidden_dim and gaussian_std must be positive")
+        if self.head_width < 0:
+            raise ValueError(f"head_width must be 0 or positive, got {self.head_width}")
 
     def _check_integers(self) -> None:
         # A config read from a file may carry 28.0 or "28"; nn layers would fail later
         # with an obscure TypeError, so name the field here.
-        for name in ("image_size", "channels", "latent_dim", "hidden_dim"):
+        for name in ("image_size", "channels", "latent_dim", "hidden_dim", "head_width"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ValueError(f"{name} must be an integer, got {value!r}")

@@ -83,7 +83,7 @@ class Finetuner:
         if adversarial:
             self.critic.requires_grad_(False)
             gen_loss = A.generator_hinge_loss(self.critic(torch.sigmoid(logits)))
-            last = self.decoder.to_image.weight
+            last = self.decoder.last_layer
             weight = A.adaptive_weight(rec, gen_loss, last) * self.args.adv_weight
             loss = rec + weight * gen_loss
             self.critic.requires_grad_(True)

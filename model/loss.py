@@ -22,10 +22,23 @@ class ELBOTerms:
     kl: Tensor
 
 
+def gaussian_kl_per_unit(mean: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, 1)) of each latent unit of each row, in closed form:
+    -1/2 * (1 + logvar - mean^2 - exp(logvar)) (Kingma & Welling 2014, Appendix B)."""
+    return -0.5 * (1 + logvar - mean.pow(2) - logvar.exp())
+
+
 def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mean, exp(logvar)) || N(0, I)) per row, in closed form:
-    -1/2 * sum(1 + logvar - mean^2 - exp(logvar)) (Kingma & Welling 2014, Appendix B)."""
-    return -0.5 * torch.sum(1 + logvar - mean.pow(2) - logvar.exp(), dim=1)
+    """KL(q(z|x) || N(0, I)) per row: the sum over latent units."""
+    return gaussian_kl_per_unit(mean, logvar).sum(dim=1)
+
+
+def free_bits_penalty(mean: Tensor, logvar: Tensor, free_bits: float) -> Tensor:
+    """The batch's mean KL per latent unit, each clamped below at ``free_bits`` nats, summed:
+    a unit below the floor gets no pull towards the prior, so fewer units collapse
+    (free bits, Kingma et al. 2016, "Improved Variational Inference with IAF", App. C.8)."""
+    per_unit = gaussian_kl_per_unit(mean, logvar).mean(dim=0)
+    return per_unit.clamp(min=free_bits).sum()
 
 
 def reconstruction_nll(logits: Tensor, x: Tensor, cfg: VAEConfig) -> Tensor:
@@ -50,12 +63,23 @@ def kl_weight(step: int, beta: float, warmup_steps: int) -> float:
 
 
 def elbo_terms(
-    logits: Tensor, x: Tensor, mean: Tensor, logvar: Tensor, cfg: VAEConfig, kl_scale: float = 1.0
+    logits: Tensor,
+    x: Tensor,
+    mean: Tensor,
+    logvar: Tensor,
+    cfg: VAEConfig,
+    kl_scale: float = 1.0,
+    free_bits: float = 0.0,
 ) -> ELBOTerms:
+    """``neg_elbo`` is always the true bound; only ``loss`` sees β, warm-up and free bits."""
     recon = reconstruction_nll(logits, x, cfg)
     kl = gaussian_kl(mean, logvar)
+    if free_bits > 0:
+        loss = recon.mean() + kl_scale * free_bits_penalty(mean, logvar, free_bits)
+    else:
+        loss = (recon + kl_scale * kl).mean()
     return ELBOTerms(
-        loss=(recon + kl_scale * kl).mean(),
+        loss=loss,
         neg_elbo=(recon + kl).mean(),
         recon=recon.mean(),
         kl=kl.mean(),

@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3, help="peak Adam learning rate (cosine decay)")
     p.add_argument("--beta", type=float, default=1.0, help="weight of the KL term")
     p.add_argument("--warmup-epochs", type=float, default=1.0, help="linear KL warm-up length")
+    p.add_argument(
+        "--free-bits", type=float, default=0.0, help="KL floor per latent unit, nats (0: off)"
+    )
+    p.add_argument("--head-width", type=int, default=0, help="full-resolution decoder conv")
     p.add_argument("--clip-grad", type=float, help="clip the gradient's norm to this (off: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -79,8 +83,10 @@ def positive_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.clip_grad is not None and args.clip_grad <= 0:
         parser.error("--clip-grad must be positive")
-    if args.lr <= 0 or args.beta < 0 or args.warmup_epochs < 0 or args.prior_components < 0:
+    if args.lr <= 0 or min(args.beta, args.warmup_epochs, args.prior_components) < 0:
         parser.error("--lr must be positive; --beta, --warmup-epochs, --prior-components >= 0")
+    if args.free_bits < 0 or args.head_width < 0:
+        parser.error("--free-bits and --head-width must be >= 0")
     try:
         args.widths = tuple(int(w) for w in args.widths.split(","))
     except ValueError:
@@ -124,6 +130,7 @@ class Trainer:
             logvar.float(),
             self.model.cfg,
             kl_weight(step, self.args.beta, warmup),
+            self.args.free_bits,
         )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms.loss).backward()
@@ -249,6 +256,7 @@ def model_config(args: argparse.Namespace) -> VAEConfig:
         latent_dim=args.latent_dim,
         widths=args.widths,
         hidden_dim=args.hidden_dim,
+        head_width=args.head_width,
         likelihood=args.likelihood,
     )
 

@@ -29,6 +29,18 @@ def _up(c_in: int, c_out: int) -> nn.Sequential:
     )
 
 
+def _output_layer(c_in: int, channels: int, head_width: int) -> nn.Module:
+    if not head_width:
+        return nn.ConvTranspose2d(c_in, channels, 4, stride=2, padding=1)
+    # Each output pixel of a lone transposed conv is linear in a 2x2 patch of the last
+    # feature map; a nonlinear 3x3 conv at full resolution can model sharper edges.
+    return nn.Sequential(
+        nn.ConvTranspose2d(c_in, head_width, 4, stride=2, padding=1),
+        nn.SiLU(),
+        nn.Conv2d(head_width, channels, 3, padding=1),
+    )
+
+
 class Encoder(nn.Module):
     """x -> (mean, logvar) of the diagonal Gaussian q(z|x)."""
 
@@ -61,7 +73,15 @@ class Decoder(nn.Module):
         )
         ups = [_up(a, b) for a, b in itertools.pairwise(widths)]
         self.features = nn.Sequential(*ups)
-        self.to_image = nn.ConvTranspose2d(widths[-1], cfg.channels, 4, stride=2, padding=1)
+        self.to_image = _output_layer(widths[-1], cfg.channels, cfg.head_width)
+
+    @property
+    def last_layer(self) -> Tensor:
+        """Weight of the layer that writes the output (for gradient-norm ratios)."""
+        layer = self.to_image[-1] if isinstance(self.to_image, nn.Sequential) else self.to_image
+        weight = layer.weight
+        assert isinstance(weight, Tensor)
+        return weight
 
     def forward(self, z: Tensor) -> Tensor:
         side = self.cfg.feature_size

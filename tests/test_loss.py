@@ -9,7 +9,7 @@ import torch
 from torch.distributions import Normal
 
 from model import VAEConfig
-from model.loss import elbo_terms, gaussian_kl, kl_weight, reconstruction_nll
+from model.loss import elbo_terms, free_bits_penalty, gaussian_kl, kl_weight, reconstruction_nll
 
 BERNOULLI = VAEConfig(latent_dim=2, widths=(4,), hidden_dim=4)
 GAUSSIAN = VAEConfig(latent_dim=2, widths=(4,), hidden_dim=4, likelihood="gaussian")
@@ -79,3 +79,24 @@ def test_elbo_terms_apply_the_kl_scale_to_the_loss_only():
     assert terms.neg_elbo.item() == pytest.approx((terms.recon + terms.kl).item(), rel=1e-6)
     assert terms.loss.item() == pytest.approx((terms.recon + 0.25 * terms.kl).item(), rel=1e-6)
     assert terms.recon.item() == pytest.approx(reconstruction_nll(logits, x, BERNOULLI).mean())
+
+
+def test_free_bits_leave_units_below_the_floor_unpulled():
+    # Unit 0 carries 2 nats on average, unit 1 about 0.005: below a 0.1-nat floor.
+    mean = torch.tensor([[2.0, 0.1], [-2.0, -0.1]], requires_grad=True)
+    logvar = torch.zeros(2, 2, requires_grad=True)
+    penalty = free_bits_penalty(mean, logvar, free_bits=0.1)
+    assert penalty.item() == pytest.approx(2.0 + 0.1)
+    penalty.backward()
+    assert mean.grad is not None and logvar.grad is not None
+    assert mean.grad[:, 1].abs().sum() == 0 and logvar.grad[:, 1].abs().sum() == 0
+    assert mean.grad[:, 0].abs().sum() > 0
+
+
+def test_free_bits_change_the_loss_never_the_bound():
+    x = torch.rand(4, 1, 4, 4).round()
+    logits, mean, logvar = torch.randn(4, 1, 4, 4), torch.randn(4, 2) * 0.01, torch.zeros(4, 2)
+    plain = elbo_terms(logits, x, mean, logvar, BERNOULLI)
+    floored = elbo_terms(logits, x, mean, logvar, BERNOULLI, free_bits=0.5)
+    assert floored.neg_elbo.item() == plain.neg_elbo.item()
+    assert floored.loss.item() == pytest.approx(plain.recon.item() + 2 * 0.5)

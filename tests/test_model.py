@@ -13,9 +13,15 @@ SHAPES = [(28, 1, (4, 8)), (28, 3, (4, 8)), (32, 1, (4, 8)), (32, 3, (4, 8, 8)),
           (64, 1, (4, 8, 8)), (64, 3, (4, 8, 8, 8))]  # fmt: skip
 
 
+@pytest.mark.parametrize("head", [0, 4])
 @pytest.mark.parametrize(("size", "channels", "widths"), SHAPES)
-def test_shapes_for_each_supported_config(size: int, channels: int, widths: tuple[int, ...]):
-    cfg = VAEConfig(image_size=size, channels=channels, latent_dim=5, widths=widths, hidden_dim=8)
+def test_shapes_for_each_supported_config(
+    size: int, channels: int, widths: tuple[int, ...], head: int
+):
+    cfg = VAEConfig(
+        image_size=size, channels=channels, latent_dim=5, widths=widths, hidden_dim=8,
+        head_width=head,
+    )  # fmt: skip
     model = VAE(cfg).eval()
     x = torch.rand(3, channels, size, size)
     mean, logvar = model.encode(x)
@@ -40,11 +46,23 @@ def test_shapes_for_each_supported_config(size: int, channels: int, widths: tupl
         {"hidden_dim": 0},
         {"likelihood": "poisson"},
         {"gaussian_std": 0.0},
+        {"head_width": -1},
+        {"head_width": 2.0},
     ],
 )
 def test_bad_config_raises_value_error(bad: dict[str, object]):
     with pytest.raises(ValueError):
         VAEConfig(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("head", [0, 4])
+def test_last_layer_is_the_one_that_writes_the_image(head: int):
+    model = VAE(VAEConfig(channels=3, latent_dim=5, widths=(4, 8), hidden_dim=8, head_width=head))
+    z = torch.randn(2, 5)
+    model.decode_logits(z).sum().backward()
+    last = model.decoder.last_layer
+    assert last.shape[1 if head == 0 else 0] == 3  # ConvTranspose2d is (in, out, ...)
+    assert last.grad is not None and last.grad.abs().sum() > 0
 
 
 def test_config_dict_round_trip_and_unknown_keys():

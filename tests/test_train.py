@@ -110,6 +110,8 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
         ["--channels", "2"],
         ["--clip-grad", "0"],
         ["--storage", "int8"],
+        ["--free-bits", "-0.1"],
+        ["--head-width", "-1"],
     ],
 )
 def test_bad_arguments_are_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -129,6 +131,17 @@ def test_clipped_float16_run_stores_half_the_bytes(tmp_path: Path) -> None:
     clipped = tmp_path / "clipped.safetensors"
     assert train(clipped, "--epochs", "1", "--prior-components", "0", "--clip-grad", "1") == 0
     assert load_weights(clipped).metadata["training"]["args"]["clip_grad"] == 1.0
+
+
+@needs_data
+def test_free_bits_and_a_head_are_trained_and_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "w.safetensors"
+    extra = ("--epochs", "1", "--prior-components", "0", "--free-bits", "0.1")
+    assert train(out, *extra, "--head-width", "4") == 0
+    ckpt = load_weights(out)
+    assert ckpt.config.head_width == 4
+    assert ckpt.metadata["training"]["args"]["free_bits"] == 0.1
+    assert 0 < ckpt.metadata["training"]["final_test"]["neg_elbo"] < 800
 
 
 def test_bad_data_path_gets_one_clear_line(
