@@ -5,6 +5,8 @@
 # Build arguments choose the torch build (see docs/deploy.md):
 #   TORCH_SPEC   pip requirement for torch                 (default: torch==2.13.0)
 #   TORCH_INDEX  extra package index that provides it      (default: PyTorch's CPU index)
+#   EXTRAS       the package's extras to install, comma-separated (default: onnx, for
+#                VAE_BACKEND=onnxruntime and vae-export; empty: none, about 90 MB less)
 # CPU image: the defaults. CUDA image: TORCH_INDEX=https://download.pytorch.org/whl/cu126
 # (the wheel bundles the CUDA runtime; the host needs only the NVIDIA driver and toolkit).
 # Offline builds with a base image whose PIP_FIND_LINKS holds the torch wheel can pass
@@ -14,10 +16,13 @@
 # fields (version, scripts, tool settings) keeps the cached dependency layer below.
 # constraints.txt (scripts/lock.sh) pins every version, so builds are reproducible.
 FROM python:3.11-slim AS requirements
+ARG EXTRAS="onnx"
 WORKDIR /src
 COPY pyproject.toml constraints.txt ./
-RUN python -c "import tomllib, pathlib; \
-deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; \
+RUN EXTRAS="$EXTRAS" python -c "import os, tomllib, pathlib; \
+project = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = [e.strip() for e in os.environ['EXTRAS'].split(',') if e.strip()]; \
+deps = project['dependencies'] + [d for e in extras for d in project['optional-dependencies'][e]]; \
 pathlib.Path('requirements.txt').write_text('\n'.join(deps) + '\n')"
 
 # --- dependencies: a virtual environment with everything the package needs.

@@ -191,6 +191,26 @@ def test_api_keys_from_an_env_file_protect_the_api(stack: Stack, tmp_path: Path)
         assert http.get("/model").status_code == 200
 
 
+def test_the_image_serves_with_onnx_runtime(stack: Stack, tmp_path: Path) -> None:
+    """The image carries the onnx extra: VAE_BACKEND=onnxruntime exports the bundled
+    weights at start-up (into /tmp, the one writable place) and serves them."""
+    env_file = tmp_path / ".env"
+    env_file.write_text("VAE_BACKEND=onnxruntime\n")
+    up = ("up", "-d", "--wait", "--wait-timeout", "240", "api")
+    stack.compose("--env-file", str(env_file), *up)
+    try:
+        with stack.client() as http:
+            assert http.get("/model").json()["backend"] == "onnxruntime"
+            files = [("images", ("0.png", png_bytes(90), "image/png"))]
+            encoded = http.post("/encode", files=files)
+            assert encoded.status_code == 200, encoded.text
+            assert len(encoded.json()["mean"][0]) == 32
+    finally:
+        stack.compose(*up)
+    with stack.client() as http:
+        assert http.get("/model").json()["backend"] == "torch"
+
+
 def test_api_serves_weights_trained_in_the_train_container(stack: Stack) -> None:
     with stack.client() as http:
         bundled = http.get("/model").json()["sha256"]
