@@ -385,13 +385,39 @@ def test_large_request_is_interleaved_round_robin_with_small_ones(
     answers = asyncio.run(main())
     assert gate.batches == [
         [0.0],
-        [10.0, 11.0, 12.0, 1.0],  # 3/4 of a batch of the big request while others
-        # wait, topped up by the next small one; the big one goes to the back
-        [2.0, 2.0, 13.0, 14.0],  # a small request is never split: it leads the next batch
-        [3.0, 15.0, 16.0, 17.0],  # the newcomer; nobody else waits: the rest of the room
+        [10.0, 11.0, 12.0, 1.0],  # others wait: the big request leaves them a quarter
+        # of the batch, which the next small one takes; the big one goes to the back
+        [2.0, 2.0, 13.0, 3.0],  # a small request is never split: it leads the next
+        # batch; the big one leaves a row for the newcomer that queued behind it
+        [14.0, 15.0, 16.0, 17.0],  # nobody else waits: the whole batch
         [18.0, 19.0],
     ]
     assert answers[1][0][:, 0].tolist() == [2.0 * (10 + i) for i in range(10)]  # joined in order
+
+
+def test_large_request_leaves_only_the_room_the_others_need(
+    gated: tuple[Gate, Callable[..., Batcher]],
+) -> None:
+    gate, make = gated
+    batcher = make(max_batch_size=8)
+
+    async def main() -> list[Outputs]:
+        first = batcher.submit("double", rows(0))
+        await asyncio.to_thread(gate.wait_entered, 1)
+        futures = [
+            batcher.submit("double", rows(*[10.0 + i for i in range(12)])),
+            batcher.submit("double", rows(1)),
+        ]
+        gate.let_through(100)
+        return await asyncio.gather(first, *futures)
+
+    asyncio.run(main())
+    # One row waits besides it: the big request fills the other 7, and no room is lost.
+    assert gate.batches == [
+        [0.0],
+        [*(10.0 + i for i in range(7)), 1.0],
+        [17.0 + i for i in range(5)],
+    ]
 
 
 def test_request_that_would_wait_past_the_bound_is_refused_at_once(
