@@ -22,7 +22,7 @@ from model import VAE, VAEConfig
 from model.data import IDX_DIRS, DataError, load_idx_split
 from service.batcher import Outputs
 from service.imaging import decode_images, encode_base64_pngs
-from service.oip import HEADER_LENGTH
+from service.oip.protocol import HEADER_LENGTH
 from service.repository import FALLBACK_DEFAULT
 from service.runtime import run_guarded
 

@@ -33,7 +33,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from service.batcher import BatcherUnavailable
-from service.oip_errors import ProtocolErrors
+from service.oip.errors import ProtocolErrors
 
 
 class ServiceError(HTTPException):
@@ -97,7 +97,7 @@ def install_error_handlers(app: FastAPI) -> None:
     """HTTPException (and so ServiceError) keeps FastAPI's ``{"detail": ...}`` handler;
     other exceptions reach RequestObservability, which answers a generic 500. Under /v2,
     every error body is the Open Inference Protocol's ``{"error": ...}`` (added last, so
-    around all the middleware: service/oip_errors.py)."""
+    around all the middleware: service/oip/errors.py)."""
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(BatcherUnavailable, model_unavailable)
     app.add_middleware(ProtocolErrors)

@@ -491,7 +491,7 @@ def test_error_bodies_are_rewritten_only_under_v2() -> None:
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from service.oip_errors import ProtocolErrors
+    from service.oip.errors import ProtocolErrors
 
     async def invalid(request: Any) -> JSONResponse:
         detail = [{"loc": ["body", "z"], "msg": "Field required", "type": "missing"}]

@@ -1,6 +1,6 @@
 """The Open Inference Protocol's REST routes (KServe v2), under /v2: server metadata and
 health, and per protocol model its metadata, readiness and inference, with or without
-its version in the path. The protocol itself is service/oip.py's.
+its version in the path. The protocol itself is in service/oip/.
 
 They run on the repository's models as the other routes do: the same runtimes and
 batchers, the version held for the whole request, the same limits, X-Model and
@@ -19,30 +19,34 @@ from torch import Tensor
 
 from service.deps import get_repository, serving
 from service.observability import MODEL_STATE
-from service.oip import (
+from service.oip.parsing import (
+    InferRequest,
+    InputTensor,
+    RequestedOutput,
+    inflate,
+    parse_infer_request,
+)
+from service.oip.protocol import (
     BINARY_MEDIA_TYPE,
     BYTES,
     ENCODER,
     FP32,
     HEADER_LENGTH,
     BadTensor,
-    InferRequest,
-    InputTensor,
     ProtocolModel,
-    RequestedOutput,
     TensorSpec,
+    check_version,
+    resolve,
+    server_metadata,
+)
+from service.oip.responses import infer_response
+from service.oip.tensors import (
     batch_size,
     byte_elements,
-    check_version,
     checked_latents,
     fp32_array,
-    infer_response,
-    inflate,
-    parse_infer_request,
     requested_outputs,
-    resolve,
     seed_for,
-    server_metadata,
     the_input,
     unit_images,
 )

@@ -7,7 +7,8 @@ for paths and methods no route takes. ``ProtocolErrors`` wraps them all and, for
 under ``/v2`` only, rewrites such an answer's body into the protocol's form, keeping its
 status and headers. Other paths pass through untouched, at the cost of one prefix test.
 
-It imports nothing of the service, so service/errors.py can install it.
+It imports nothing of the service (and service/oip/__init__.py imports nothing), so
+service/errors.py can install it.
 """
 
 from __future__ import annotations
