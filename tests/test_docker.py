@@ -9,6 +9,7 @@ order and is always taken down with its volumes, also when a test fails.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import shutil
@@ -99,6 +100,18 @@ class Stack:
             )
         return done.stdout
 
+    @contextlib.contextmanager
+    def env_file(self, folder: Path, *lines: str) -> Iterator[None]:
+        """``api`` recreated with these VAE_* lines in an .env file, then without them."""
+        path = folder / ".env"
+        path.write_text("".join(f"{line}\n" for line in lines))
+        up = ("up", "-d", "--wait", "--wait-timeout", "240", "api")
+        self.compose("--env-file", str(path), *up)
+        try:
+            yield
+        finally:
+            self.compose(*up)
+
     def client(self, port: int | None = None) -> httpx.Client:
         return httpx.Client(base_url=f"http://127.0.0.1:{port or self.port}", timeout=60)
 
@@ -175,18 +188,12 @@ def test_root_filesystem_is_read_only_except_tmp(stack: Stack) -> None:
 def test_api_keys_from_an_env_file_protect_the_api(stack: Stack, tmp_path: Path) -> None:
     """A setting written into an .env file reaches the container (docker-compose.yml
     passes every VAE_* variable); then back to the open API for the tests after."""
-    env_file = tmp_path / ".env"
-    env_file.write_text("VAE_API_KEYS=env-file-key-1,env-file-key-2\n")
-    up = ("up", "-d", "--wait", "--wait-timeout", "240", "api")
-    stack.compose("--env-file", str(env_file), *up)
-    try:
-        with stack.client() as http:
-            assert http.get("/model").status_code == 401
-            keyed = http.get("/model", headers={"Authorization": "Bearer env-file-key-2"})
-            assert keyed.status_code == 200, keyed.text
-            assert http.get("/readyz").status_code == 200  # probes need no key
-    finally:
-        stack.compose(*up)
+    keys = "VAE_API_KEYS=env-file-key-1,env-file-key-2"
+    with stack.env_file(tmp_path, keys), stack.client() as http:
+        assert http.get("/model").status_code == 401
+        keyed = http.get("/model", headers={"Authorization": "Bearer env-file-key-2"})
+        assert keyed.status_code == 200, keyed.text
+        assert http.get("/readyz").status_code == 200  # probes need no key
     with stack.client() as http:
         assert http.get("/model").status_code == 200
 
@@ -194,19 +201,12 @@ def test_api_keys_from_an_env_file_protect_the_api(stack: Stack, tmp_path: Path)
 def test_the_image_serves_with_onnx_runtime(stack: Stack, tmp_path: Path) -> None:
     """The image carries the onnx extra: VAE_BACKEND=onnxruntime exports the bundled
     weights at start-up (into /tmp, the one writable place) and serves them."""
-    env_file = tmp_path / ".env"
-    env_file.write_text("VAE_BACKEND=onnxruntime\n")
-    up = ("up", "-d", "--wait", "--wait-timeout", "240", "api")
-    stack.compose("--env-file", str(env_file), *up)
-    try:
-        with stack.client() as http:
-            assert http.get("/model").json()["backend"] == "onnxruntime"
-            files = [("images", ("0.png", png_bytes(90), "image/png"))]
-            encoded = http.post("/encode", files=files)
-            assert encoded.status_code == 200, encoded.text
-            assert len(encoded.json()["mean"][0]) == 32
-    finally:
-        stack.compose(*up)
+    with stack.env_file(tmp_path, "VAE_BACKEND=onnxruntime"), stack.client() as http:
+        assert http.get("/model").json()["backend"] == "onnxruntime"
+        files = [("images", ("0.png", png_bytes(90), "image/png"))]
+        encoded = http.post("/encode", files=files)
+        assert encoded.status_code == 200, encoded.text
+        assert len(encoded.json()["mean"][0]) == 32
     with stack.client() as http:
         assert http.get("/model").json()["backend"] == "torch"
 
