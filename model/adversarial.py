@@ -34,8 +34,17 @@ class PatchDiscriminator(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, images: Tensor) -> Tensor:
+        return self.features(images)[-1]
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """Each hidden layer's activations, then the patch logits."""
         # Inputs in [-1, 1]: centred, as a discriminator's first layer expects.
-        return self.net(images * 2 - 1)
+        h, out = images * 2 - 1, []
+        for layer in self.net:
+            h = layer(h)
+            if not isinstance(layer, nn.Conv2d):
+                out.append(h)
+        return [*out, h]
 
 
 def layers_for(image_size: int) -> int:
@@ -50,6 +59,17 @@ def discriminator_hinge_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor
 
 def generator_hinge_loss(fake_logits: Tensor) -> Tensor:
     return -fake_logits.mean()
+
+
+def feature_matching_loss(real: list[Tensor], fake: list[Tensor]) -> Tensor:
+    """Mean L1 distance between the critic's hidden features of each image and of its
+    reconstruction, summed over layers (Salimans et al. 2016; pix2pixHD, Wang et al.
+    2018): it pulls a reconstruction towards its own image's edges and texture, not just
+    towards any image the critic finds real. The real features are targets only."""
+    return sum(
+        (F.l1_loss(f, r.detach()) for r, f in zip(real[:-1], fake[:-1], strict=True)),
+        torch.zeros((), device=fake[-1].device),
+    )
 
 
 def adaptive_weight(rec_loss: Tensor, adv_loss: Tensor, last_layer: Tensor) -> Tensor:

@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-4, help="Adam rate of decoder and critic")
     p.add_argument("--adv-weight", type=float, default=0.5, help="times the adaptive weight")
+    p.add_argument(
+        "--feature-matching",
+        type=float,
+        default=0.0,
+        help="weight of the critic-feature L1 term, added to the adversarial term (0: off)",
+    )
     p.add_argument("--critic-warmup", type=int, default=300, help="critic-only steps first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -82,7 +88,13 @@ class Finetuner:
         loss, out = rec, {"rec": float(rec.detach())}
         if adversarial:
             self.critic.requires_grad_(False)
-            gen_loss = A.generator_hinge_loss(self.critic(torch.sigmoid(logits)))
+            fake = self.critic.features(torch.sigmoid(logits))
+            gen_loss = A.generator_hinge_loss(fake[-1])
+            if self.args.feature_matching:
+                real = self.critic.features(x)
+                gen_loss = gen_loss + self.args.feature_matching * A.feature_matching_loss(
+                    real, fake
+                )
             last = self.decoder.last_layer
             weight = A.adaptive_weight(rec, gen_loss, last) * self.args.adv_weight
             loss = rec + weight * gen_loss
@@ -169,8 +181,10 @@ def save_sharp(args: argparse.Namespace, ckpt: Checkpoint, history: list[dict[st
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if min(args.epochs, args.batch_size) < 1 or args.lr <= 0 or args.adv_weight < 0:
-        parser.error("--epochs and --batch-size must be >= 1, --lr > 0, --adv-weight >= 0")
+    if min(args.epochs, args.batch_size) < 1 or args.lr <= 0:
+        parser.error("--epochs and --batch-size must be >= 1, --lr > 0")
+    if min(args.adv_weight, args.feature_matching) < 0:
+        parser.error("--adv-weight and --feature-matching must be >= 0")
     run(args)
     return 0
 

@@ -46,6 +46,26 @@ def test_patch_discriminator_gives_one_logit_per_patch(size: int, patches: int) 
     assert critic(torch.rand(2, 3, size, size)).shape == (2, 1, patches, patches)
 
 
+def test_critic_features_end_with_its_logits() -> None:
+    critic = A.PatchDiscriminator(1, width=4, layers=2)
+    images = torch.rand(2, 1, 28, 28)
+    features = critic.features(images)
+    assert [f.shape[1] for f in features] == [4, 8, 1]
+    assert torch.equal(features[-1], critic(images))
+
+
+def test_feature_matching_pulls_only_the_reconstruction() -> None:
+    critic = A.PatchDiscriminator(1, width=4, layers=2)
+    real = torch.rand(2, 1, 28, 28, requires_grad=True)
+    same = A.feature_matching_loss(critic.features(real), critic.features(real))
+    assert float(same) == 0.0
+    fake = torch.rand(2, 1, 28, 28, requires_grad=True)
+    loss = A.feature_matching_loss(critic.features(real), critic.features(fake))
+    assert float(loss) > 0
+    loss.backward()
+    assert real.grad is None and fake.grad is not None and fake.grad.abs().sum() > 0
+
+
 def test_hinge_losses() -> None:
     confident = A.discriminator_hinge_loss(torch.full((4,), 2.0), torch.full((4,), -2.0))
     fooled = A.discriminator_hinge_loss(torch.full((4,), -1.0), torch.full((4,), 1.0))
@@ -95,8 +115,11 @@ def test_finetune_freezes_the_encoder_and_keeps_the_prior(
     assert "sharp_samples" in capsys.readouterr().out
 
 
-def test_finetune_is_reproducible(tmp_path: Path, tiny_weights: Path, idx_dir: Path) -> None:
-    args = ["--data-dir", str(idx_dir), "--epochs", "1", "--batch-size", "16"]
+@pytest.mark.parametrize("extra", [[], ["--feature-matching", "2"]])
+def test_finetune_is_reproducible(
+    tmp_path: Path, tiny_weights: Path, idx_dir: Path, extra: list[str]
+) -> None:
+    args = ["--data-dir", str(idx_dir), "--epochs", "1", "--batch-size", "16", *extra]
     outs = [tmp_path / f"{i}.safetensors" for i in range(2)]
     for out in outs:
         assert (
@@ -105,10 +128,19 @@ def test_finetune_is_reproducible(tmp_path: Path, tiny_weights: Path, idx_dir: P
         )
     a, b = (load_weights(p).model.state_dict() for p in outs)
     assert all(torch.equal(v, b[k]) for k, v in a.items())
+    recorded = load_weights(outs[0]).metadata["finetune"]["args"]["feature_matching"]
+    assert recorded == (2.0 if extra else 0.0)
 
 
 @pytest.mark.parametrize(
-    "bad", [["--epochs", "0"], ["--lr", "0"], ["--adv-weight", "-1"], ["--storage", "int8"]]
+    "bad",
+    [
+        ["--epochs", "0"],
+        ["--lr", "0"],
+        ["--adv-weight", "-1"],
+        ["--feature-matching", "-1"],
+        ["--storage", "int8"],
+    ],
 )
 def test_finetune_refuses_bad_arguments(tmp_path: Path, tiny_weights: Path, bad: list[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
