@@ -50,6 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="weight of the critic-feature L1 term, added to the adversarial term (0: off)",
     )
+    p.add_argument(
+        "--latents",
+        default="sample",
+        choices=("sample", "mean"),
+        help="decode a posterior draw or the posterior mean of each training image",
+    )
     p.add_argument("--critic-warmup", type=int, default=300, help="critic-only steps first")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -77,10 +83,12 @@ class Finetuner:
         self.opt_critic = torch.optim.Adam(self.critic.parameters(), self.args.lr, betas=betas)
 
     def decode(self, x: Tensor, gen: torch.Generator) -> Tensor:
-        # A posterior draw, as in training, so the decoder keeps serving prior samples well.
+        # "sample": a posterior draw, as in training. "mean": the posterior mean, which is
+        # what reconstructions decode and what the fitted prior was fitted to.
         model = self.ckpt.model
         with torch.no_grad():
-            z = model.reparameterize(*model.encode(x), generator=gen)
+            mean, logvar = model.encode(x)
+            z = mean if self.args.latents == "mean" else model.reparameterize(mean, logvar, gen)
         return model.decode_logits(z)
 
     def decoder_step(self, x: Tensor, logits: Tensor, adversarial: bool) -> dict[str, float]:

@@ -115,7 +115,9 @@ def test_finetune_freezes_the_encoder_and_keeps_the_prior(
     assert "sharp_samples" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("extra", [[], ["--feature-matching", "2"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["--feature-matching", "2"], ["--latents", "mean"]], ids=["plain", "fm", "mean"]
+)
 def test_finetune_is_reproducible(
     tmp_path: Path, tiny_weights: Path, idx_dir: Path, extra: list[str]
 ) -> None:
@@ -128,8 +130,9 @@ def test_finetune_is_reproducible(
         )
     a, b = (load_weights(p).model.state_dict() for p in outs)
     assert all(torch.equal(v, b[k]) for k, v in a.items())
-    recorded = load_weights(outs[0]).metadata["finetune"]["args"]["feature_matching"]
-    assert recorded == (2.0 if extra else 0.0)
+    recorded = load_weights(outs[0]).metadata["finetune"]["args"]
+    assert recorded["feature_matching"] == (2.0 if "--feature-matching" in extra else 0.0)
+    assert recorded["latents"] == ("mean" if "--latents" in extra else "sample")
 
 
 @pytest.mark.parametrize(
@@ -139,6 +142,7 @@ def test_finetune_is_reproducible(
         ["--lr", "0"],
         ["--adv-weight", "-1"],
         ["--feature-matching", "-1"],
+        ["--latents", "mode"],
         ["--storage", "int8"],
     ],
 )
