@@ -36,7 +36,8 @@ MAX_BATCH = 64  # vae-serve's default max_batch_size
 SOAK_S = 60.0
 # Measured +0.36% and +0.55% on an idle machine; +6.0% once in CI, right after the Docker
 # tests, with the default of 2026-11-27 (RSS 613 -> 650 MiB, against 545 at the start
-# here). Not explained yet; a leak of one request's buffers per request would pass 100%.
+# here). Not explained yet. A leak of 8 KB per request (a few images' tensors) would add
+# about 70 MiB over the ~9,000 requests, 12%.
 MAX_RSS_GROWTH = 0.10
 LATENT_DIM = 32  # the default weights'
 PROBES = re.compile(r'endpoint="/(readyz|metrics)"')
