@@ -44,10 +44,10 @@ MIN_LOAD_S = 20.0
 POLL_S = 0.2
 SWAP_TIMEOUT_S = 30.0
 # RSS growth after the first cycle. Measured -2.0% to +2.2% here and +16.5% in one CI run
-# with the default of 2026-11-27, whose full-resolution head leaves larger activations in
-# the malloc arenas of each version's batcher thread. The bound catches runaway growth; a
-# retired version that stays alive (~7% each) is caught exactly by
-# test_repository.py::test_a_swapped_out_version_is_released, through a weak reference.
+# with the default of 2026-11-27, probably its full-resolution head's larger activations
+# left in the malloc arenas of each version's batcher thread (not proven). The bound
+# catches runaway growth; a retired version that stays alive (~7% each) is caught exactly
+# by test_repository.py::test_a_swapped_out_version_is_released, through a weak reference.
 MAX_RSS_GROWTH = 0.20
 DEFAULT = "fashion-mnist"
 FILE = f"{DEFAULT}.safetensors"
