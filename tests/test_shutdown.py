@@ -24,12 +24,14 @@ LOAD_BEFORE_S = 1.5
 NOT_ACCEPTED = (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError)
 
 
-async def load_until_gone(url: str, stop_at: float) -> dict[str, Any]:
-    """Mixed requests, each with its own X-Request-ID, until the server is gone."""
+async def load_until_gone(url: str, stop_at: float, keep_alive: bool = True) -> dict[str, Any]:
+    """Mixed requests, each with its own X-Request-ID, until the server is gone
+    (``keep_alive=False``: each on a new connection)."""
     answered: dict[str, tuple[int, float]] = {}
     refused: list[str] = []
     ids = itertools.count()
-    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=CONCURRENCY)
+    idle = CONCURRENCY if keep_alive else 0
+    limits = httpx.Limits(max_connections=CONCURRENCY, max_keepalive_connections=idle)
 
     async def client_loop(client: httpx.AsyncClient) -> None:
         while time.monotonic() < stop_at:

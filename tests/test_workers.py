@@ -174,7 +174,10 @@ def test_sigterm_drains_every_worker(two_workers: tuple[Any, Path]) -> None:
     pid = server.process.pid
 
     async def scenario() -> tuple[dict[str, Any], float]:
-        load = asyncio.create_task(load_until_gone(server.url, time.monotonic() + 30))
+        # A new connection per request: a keep-alive pool opened at once could be accepted
+        # wholly by one worker (asyncio accepts a burst per wake-up), leaving the other idle.
+        stop_at = time.monotonic() + 30
+        load = asyncio.create_task(load_until_gone(server.url, stop_at, keep_alive=False))
         await asyncio.sleep(2.0)
         os.kill(pid, signal.SIGTERM)
         signalled = time.monotonic()
