@@ -20,7 +20,7 @@ from PIL import Image
 from benchmarks.load import Request
 from model import VAE, VAEConfig
 from model.data import IDX_DIRS, DataError, load_idx_split
-from service.batcher import Outputs
+from service.batch_jobs import Outputs
 from service.imaging import decode_images, encode_base64_pngs
 from service.oip.protocol import HEADER_LENGTH
 from service.repository import FALLBACK_DEFAULT

@@ -31,99 +31,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 
 import torch
 from torch import Tensor
 
-logger = logging.getLogger("service")
-Outputs = tuple[Tensor, ...]
-# Runs on the worker thread on a stacked batch; every output has one row per input row.
-BatchFn = Callable[[Tensor], Tensor | Outputs]
-# Told (operation, rows) after each forward pass, on the worker thread: the metrics hook.
-BatchHook = Callable[[str, int], None]
-
-
-class BatcherUnavailable(Exception):
-    """The batcher cannot take this request now; the service answers 503."""
-
-    retry_after_s = 1
-
-
-class QueueFull(BatcherUnavailable):
-    """The bounded queue holds too many rows."""
-
-
-class QueueTimeout(BatcherUnavailable):
-    """The request would wait (or has waited) longer than the queue-wait bound."""
-
-
-class BatcherClosed(BatcherUnavailable):
-    """The batcher is shutting down."""
-
-
-class ModelOutOfMemory(BatcherUnavailable):
-    """Even one row does not fit in the device's memory now."""
-
-
-class InvalidRows(ValueError):
-    """A request whose rows cannot be stacked with others for this operation."""
-
-
-@dataclass(frozen=True)
-class Operation:
-    """One batchable model operation and the shape of one input row."""
-
-    fn: BatchFn
-    row_shape: tuple[int, ...]
-
-
-@dataclass(eq=False)
-class _Job:
-    """One caller's request: its rows, how far the worker has taken them, its answers."""
-
-    future: asyncio.Future[Outputs]
-    loop: asyncio.AbstractEventLoop
-    rows: Tensor
-    queued_at: float
-    taken: int = 0  # rows handed to batches so far, in order
-    running: int = 0  # slices taken and not yet answered
-    parts: list[Outputs] = field(default_factory=list)
-    error: BaseException | None = None
-
-    @property
-    def left(self) -> int:
-        return len(self.rows) - self.taken
-
-    def record(self, answer: Outputs | BaseException) -> bool:
-        """On the worker: store one slice's answer; True once the job can be settled."""
-        self.running -= 1
-        if isinstance(answer, BaseException):
-            self.error = self.error or answer
-        else:
-            self.parts.append(answer)
-        return self.running == 0 and (self.error is not None or self.left == 0)
-
-    def settle(self) -> None:
-        """Resolve the future on its event loop (called there, via call_soon_threadsafe)."""
-        if self.future.done():  # cancelled while its last slice ran
-            return
-        if self.error is not None:
-            self.future.set_exception(self.error)
-        elif len(self.parts) == 1:
-            self.future.set_result(self.parts[0])
-        else:  # a sliced request: join its slices' answers, output by output
-            self.future.set_result(tuple(torch.cat(o) for o in zip(*self.parts, strict=True)))
-
-
-# One slice of a job in a batch: the job and its rows.
-_Slice = tuple[_Job, Tensor]
+from service.batch_jobs import (
+    BatcherClosed,
+    BatchHook,
+    InvalidRows,
+    Job,
+    ModelOutOfMemory,
+    Operation,
+    Outputs,
+    QueueFull,
+    QueueTimeout,
+    Slice,
+    forward,
+    settle_all,
+)
 
 
 class Batcher:
@@ -147,12 +77,12 @@ class Batcher:
         self.max_delay_s = max_delay_s
         self.max_queue_rows = max_queue_rows
         self.max_queue_wait_s = max_queue_wait_s  # 0: no bound
-        self._queues: dict[str, deque[_Job]] = {op: deque() for op in operations}
+        self._queues: dict[str, deque[Job]] = {op: deque() for op in operations}
         self.queued_rows = 0  # rows not yet taken, cancelled ones included until reached
-        self._unstarted: deque[_Job] = deque()  # in arrival order; started ones leave lazily
+        self._unstarted: deque[Job] = deque()  # in arrival order; started ones leave lazily
         self._cond = threading.Condition()
         self._closing = False
-        self._calls: deque[tuple[Callable[[], None], _Job]] = deque()
+        self._calls: deque[tuple[Callable[[], None], Job]] = deque()
         # Counters for metrics and tests: forward passes run, rows they carried, refusals.
         self.batches_run = 0
         self.rows_run = 0
@@ -170,7 +100,7 @@ class Batcher:
         """
         self._check_rows(op, rows)
         loop = asyncio.get_running_loop()
-        job = _Job(loop.create_future(), loop, rows, time.monotonic())
+        job = Job(loop.create_future(), loop, rows, time.monotonic())
         with self._cond:
             self._admit(len(rows))
             self._queues[op].append(job)
@@ -184,7 +114,7 @@ class Batcher:
         """Run ``fn`` on the worker thread before the next batch; the future gives ``()``
         or ``fn``'s exception."""
         loop = asyncio.get_running_loop()
-        job = _Job(loop.create_future(), loop, torch.empty(0), time.monotonic(), running=1)
+        job = Job(loop.create_future(), loop, torch.empty(0), time.monotonic(), running=1)
         with self._cond:
             if self._closing:
                 raise BatcherClosed("the service is shutting down")
@@ -238,7 +168,7 @@ class Batcher:
             while (work := self._next_work()) is not None:
                 work()
 
-    def _call(self, fn: Callable[[], None], job: _Job) -> None:
+    def _call(self, fn: Callable[[], None], job: Job) -> None:
         try:
             fn()
             answer: Outputs | BaseException = ()
@@ -280,7 +210,7 @@ class Batcher:
         waiting = [(q[0].queued_at, op) for op, q in self._queues.items() if q]
         return min(waiting)[1] if waiting else None
 
-    def _take(self, op: str, now: float) -> list[_Slice]:
+    def _take(self, op: str, now: float) -> list[Slice]:
         """Pop the next batch of ``op``, round-robin between requests, up to the limit.
 
         Cancelled requests are dropped, and so are requests not yet started that have
@@ -317,7 +247,7 @@ class Batcher:
                 queue.append(job)  # round-robin: the rest waits its turn behind the others
         return taken
 
-    def _reserve(self, others: deque[_Job]) -> int:
+    def _reserve(self, others: deque[Job]) -> int:
         """Rows of a batch a large request leaves to the others waiting: what they have
         queued, up to a quarter of a batch. Reserving a fixed quarter left batches short
         while only a few single rows waited (the large client kept 62% of its speed)."""
@@ -328,12 +258,12 @@ class Batcher:
                 return quarter
         return need
 
-    def _execute(self, op: str, batch: Sequence[_Slice]) -> None:
+    def _execute(self, op: str, batch: Sequence[Slice]) -> None:
         if not batch:
             return
         fn = self.operations[op].fn
         try:
-            outputs = _forward(fn, [rows for _, rows in batch])
+            outputs = forward(fn, [rows for _, rows in batch])
         except Exception as exc:
             if len(batch) == 1 or isinstance(exc, ModelOutOfMemory):
                 self._deliver([(batch[0][0], exc)])
@@ -346,7 +276,7 @@ class Batcher:
         self.rows_run += total
         if self.on_batch is not None:
             self.on_batch(op, total)
-        answers: list[tuple[_Job, Outputs | BaseException]] = []
+        answers: list[tuple[Job, Outputs | BaseException]] = []
         start = 0
         for job, rows in batch:
             end = start + len(rows)
@@ -354,41 +284,12 @@ class Batcher:
             start = end
         self._deliver(answers)
 
-    def _deliver(self, answers: list[tuple[_Job, Outputs | BaseException]]) -> None:
+    def _deliver(self, answers: list[tuple[Job, Outputs | BaseException]]) -> None:
         # One wake-up per event loop per batch, not one per request.
-        done: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        done: dict[asyncio.AbstractEventLoop, list[Job]] = {}
         for job, answer in answers:
             if job.record(answer):
                 done.setdefault(job.loop, []).append(job)
         for loop, jobs in done.items():
             with contextlib.suppress(RuntimeError):  # that loop has closed: nobody waits
-                loop.call_soon_threadsafe(_settle_all, jobs)
-
-
-def _forward(fn: BatchFn, inputs: list[Tensor]) -> Outputs:
-    batch = inputs[0] if len(inputs) == 1 else torch.cat(inputs)
-    outputs = _run_splitting(fn, batch)
-    if any(len(o) != len(batch) for o in outputs):
-        raise RuntimeError(
-            f"batch function returned {[len(o) for o in outputs]} rows for {len(batch)}"
-        )
-    return outputs
-
-
-def _run_splitting(fn: BatchFn, batch: Tensor) -> Outputs:
-    """``fn(batch)``; on out-of-memory, each half on its own (recursively)."""
-    try:
-        out = fn(batch)
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()  # give the failed pass's blocks back before retrying
-        logger.warning("out of device memory on a batch of %d rows; retrying in halves", len(batch))
-        if len(batch) == 1:
-            raise ModelOutOfMemory("out of device memory; try fewer images") from None
-        halves = [_run_splitting(fn, half) for half in batch.split((len(batch) + 1) // 2)]
-        return tuple(torch.cat(parts) for parts in zip(*halves, strict=True))
-    return out if isinstance(out, tuple) else (out,)
-
-
-def _settle_all(jobs: list[_Job]) -> None:
-    for job in jobs:
-        job.settle()
+                loop.call_soon_threadsafe(settle_all, jobs)

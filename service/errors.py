@@ -32,7 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from service.batcher import BatcherUnavailable
+from service.batch_jobs import BatcherUnavailable
 from service.oip.errors import ProtocolErrors
 
 

@@ -22,7 +22,8 @@ from model import VAE, Checkpoint, VAEConfig, load_weights
 from model.distributed import resolve_device
 from model.prior import FittedPrior
 from service.backends import Backend, TorchBackend
-from service.batcher import Batcher, Operation, Outputs
+from service.batch_jobs import Operation, Outputs
+from service.batcher import Batcher
 from service.cpus import usable_cpus
 
 logger = logging.getLogger("service")

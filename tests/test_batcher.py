@@ -13,8 +13,7 @@ import torch
 from torch import Tensor
 
 from model import VAE
-from service.batcher import (
-    Batcher,
+from service.batch_jobs import (
     BatcherClosed,
     InvalidRows,
     Operation,
@@ -22,6 +21,7 @@ from service.batcher import (
     QueueFull,
     QueueTimeout,
 )
+from service.batcher import Batcher
 
 
 class Recorder:

@@ -16,7 +16,8 @@ from fastapi.testclient import TestClient
 from starlette.types import Message
 from torch import Tensor
 
-from service.batcher import Batcher, ModelOutOfMemory, Operation
+from service.batch_jobs import ModelOutOfMemory, Operation
+from service.batcher import Batcher
 from service.main import create_app
 from service.settings import Settings
 

@@ -16,7 +16,7 @@ from PIL import Image
 from torch import Tensor
 
 from model import load_weights
-from service.batcher import Operation
+from service.batch_jobs import Operation
 from service.main import create_app
 from service.routes.bodies import decode_inline
 from service.runtime import Batching, ModelRuntime, run_guarded, torch_threads
