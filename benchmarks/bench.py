@@ -36,7 +36,7 @@ from benchmarks import scheduling, servers, workloads
 from benchmarks.load import Load, drive, have_wrk
 from model import load_weights
 from model.distributed import resolve_device
-from service.repository import model_name
+from service.model_entries import model_name
 from service.runtime import HALF, torch_threads
 
 SINGLE_CONCURRENCY = (1, 8, 32, 64)

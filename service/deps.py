@@ -12,8 +12,9 @@ from fastapi import Depends, Path, Request
 
 from service.errors import ModelNotFound, NotReady, UnsupportedMediaType
 from service.leases import hold
+from service.model_entries import ModelUnavailable, UnknownModel, Version
 from service.observability import MODEL_STATE, PREFIX_STATE
-from service.repository import ModelRepository, ModelUnavailable, UnknownModel, Version
+from service.repository import ModelRepository
 from service.runtime import ModelRuntime
 from service.schemas import live
 from service.settings import Settings

@@ -13,7 +13,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.repository import Version
+from service.model_entries import Version
 
 LEASES = "leases"  # scope["state"] key: the versions this request holds
 

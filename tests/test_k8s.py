@@ -30,7 +30,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.repository import NAME, SUFFIX
+from service.model_entries import NAME, SUFFIX
 from service.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parents[1]

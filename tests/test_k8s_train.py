@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from model.weights import load_weights
-from service.repository import NAME, SUFFIX
+from service.model_entries import NAME, SUFFIX
 
 JOB = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "jobs" / "train.yaml"
 DATA = Path("/usr/share/datasets/fashion-mnist")

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.types import Message
 
 from service.leases import ReleaseLeases, hold
-from service.repository import Version
+from service.model_entries import Version
 
 
 def version() -> Version:

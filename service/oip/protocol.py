@@ -8,7 +8,8 @@ from typing import Any
 
 from service import __version__
 from service.errors import ModelNotFound, NotReady, ServiceError
-from service.repository import ModelRepository, ModelUnavailable, UnknownModel, Version
+from service.model_entries import ModelUnavailable, UnknownModel, Version
+from service.repository import ModelRepository
 from service.runtime import ModelRuntime
 
 SERVER_NAME = "vae-serve"

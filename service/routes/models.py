@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from service.auth import bearer_token, digest, key_matches
 from service.deps import ModelName, Repository, Runtime, serving, tag
 from service.errors import Forbidden, ModelNotFound, Unprocessable
-from service.repository import Entry, UnknownModel
+from service.model_entries import Entry, UnknownModel
 from service.routes.ops import describe
 from service.schemas import ModelInfo, Status, error_responses
 
