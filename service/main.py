@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from model import Checkpoint
 from service import __version__
+from service.api_docs import API_DESCRIPTION
 from service.auth import add_access_control
 from service.errors import install_error_handlers
 from service.leases import ReleaseLeases
@@ -25,7 +26,6 @@ from service.routes import (
     ROUTERS,
     inference,
 )
-from service.schemas import API_DESCRIPTION
 from service.settings import Settings, get_settings
 
 

@@ -3,9 +3,9 @@ under /models/{model}/, any model of the repository."""
 
 from fastapi import Depends
 
+from service.api_docs import error_responses
 from service.deps import PER_MODEL, model_path
 from service.routes import inference, models, oip, ops, playground
-from service.schemas import error_responses
 
 ROUTERS = (ops.router, inference.router, models.router, oip.router, playground.router)
 __all__ = ["PER_MODEL", "PER_MODEL_DEPENDENCIES", "PER_MODEL_RESPONSES", "ROUTERS", "inference"]

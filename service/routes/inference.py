@@ -16,6 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel
 from torch import Tensor
 
+from service.api_docs import IMAGE_PAIR, NPY_RESPONSE, PNG_RESPONSE, error_responses, image_body
 from service.deps import AppSettings, Runtime, media_type, require_json
 from service.errors import Unprocessable
 from service.imaging import encode_base64_pngs, encode_grid_png
@@ -34,9 +35,6 @@ from service.routes.bodies import (
 )
 from service.runtime import ModelRuntime, draw_posterior
 from service.schemas import (
-    IMAGE_PAIR,
-    NPY_RESPONSE,
-    PNG_RESPONSE,
     DecodeRequest,
     DecodeResponse,
     EncodeFormat,
@@ -47,8 +45,6 @@ from service.schemas import (
     InterpolateResponse,
     PriorName,
     SampleResponse,
-    error_responses,
-    image_body,
     live,
 )
 

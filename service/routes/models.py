@@ -9,12 +9,13 @@ from typing import Literal
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
+from service.api_docs import error_responses
 from service.auth import bearer_token, digest, key_matches
 from service.deps import ModelName, Repository, Runtime, serving, tag
 from service.errors import Forbidden, ModelNotFound, Unprocessable
 from service.model_entries import Entry, UnknownModel
 from service.routes.ops import describe
-from service.schemas import ModelInfo, Status, error_responses
+from service.schemas import ModelInfo, Status
 
 router = APIRouter(tags=["models"])
 

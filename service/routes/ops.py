@@ -7,9 +7,10 @@ from pathlib import Path
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service.api_docs import error_responses
 from service.deps import Repository, Runtime, serving
 from service.runtime import ModelRuntime
-from service.schemas import FittedPriorInfo, ModelInfo, Status, error_responses
+from service.schemas import FittedPriorInfo, ModelInfo, Status
 
 router = APIRouter(tags=["operations"])
 
