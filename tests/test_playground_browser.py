@@ -1,5 +1,6 @@
 """The playground in a real browser: sampling, encoding, interpolation, traversal,
-errors and the API key field (fixtures and helpers: tests/browser_support.py)."""
+errors and the API key field (fixtures and helpers: tests/browser_support.py,
+tests/browser_servers.py)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,10 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, expect
 
-from tests import browser_support
+from tests import browser_servers, browser_support
+from tests.browser_servers import BUNDLED_SHA, KEY, MAX_BODY_BYTES, MAX_SAMPLE_N
 from tests.browser_support import (
     BROWSER_MARKS,
-    BUNDLED_SHA,
-    KEY,
-    MAX_BODY_BYTES,
-    MAX_SAMPLE_N,
     Watched,
     loaded_images,
     panel_error,
@@ -30,7 +28,7 @@ pytestmark = BROWSER_MARKS
 # The shared fixtures, bound here so that pytest finds them in this module.
 browser = browser_support.browser
 open_page = browser_support.open_page
-servers = browser_support.servers
+servers = browser_servers.servers
 
 
 def test_status_bar_and_the_same_seed_gives_the_same_grid(

@@ -1,5 +1,6 @@
 """The playground in a real browser: colour models, keyboard and narrow screens, and the
-README's screenshot (fixtures and helpers: tests/browser_support.py)."""
+README's screenshot (fixtures and helpers: tests/browser_support.py,
+tests/browser_servers.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from tests import browser_support
+from tests import browser_servers, browser_support
 from tests.browser_support import (
     BROWSER_MARKS,
     Watched,
@@ -29,7 +30,7 @@ pytestmark = BROWSER_MARKS
 # The shared fixtures, bound here so that pytest finds them in this module.
 browser = browser_support.browser
 open_page = browser_support.open_page
-servers = browser_support.servers
+servers = browser_servers.servers
 
 
 def test_colour_model_from_the_model_picker(

@@ -1,0 +1,99 @@
+"""The ``vae-serve`` processes the playground's browser tests drive (the browser and the
+page helpers: tests/browser_support.py): the bundled weights, tiny weights with API keys,
+and a repository with a grey and two colour models, each with the small limits (``n``,
+body size) that the tests provoke errors against.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from model import VAE, VAEConfig, save_weights
+from model.pretrained import DEFAULT_WEIGHTS
+from tests.conftest import Server
+
+KEY = "browser-key-0123456789"
+MAX_SAMPLE_N = 64  # the servers' limit: n above it is the 422 the page must show
+MAX_BODY_BYTES = 256 * 1024  # and a larger upload the 413
+REPO = Path(__file__).resolve().parents[1]
+BUNDLED_SHA = "17f332715d9a"  # prefix of the bundled weights' SHA-256 (README)
+
+
+# ---------------------------------------------------------------- servers
+
+
+TINY_ARCHITECTURE = {"latent_dim": 4, "widths": (4, 8), "hidden_dim": 16}
+# The shapes model's architecture (64x64 RGB, issue 17), randomly initialised.
+SHAPES_ARCHITECTURE = {"latent_dim": 10, "widths": (16, 32, 64, 64), "hidden_dim": 256}
+
+
+def tiny_weights(
+    folder: Path,
+    name: str,
+    channels: int,
+    image_size: int,
+    seed: int,
+    architecture: dict[str, Any] = TINY_ARCHITECTURE,
+) -> Path:
+    config = VAEConfig(image_size=image_size, channels=channels, **architecture)
+    torch.manual_seed(seed)
+    meta = {
+        "data": {"name": "synthetic", "shape": [channels, image_size, image_size]},
+        "training": {"epochs": 0, "note": "random init for tests"},
+    }
+    return save_weights(folder / f"{name}.safetensors", VAE(config).eval(), meta)
+
+
+def launch(log: Path, flags: list[str], env: dict[str, str] | None = None) -> Server:
+    """``vae-serve`` on a free loopback port, not waited for yet."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port)]
+    # small batches: start-up warms up eight batch sizes, not 64
+    command += ["--device", "cpu", "--max-batch-size", "8", "--max-sample-n", str(MAX_SAMPLE_N)]
+    command += ["--max-body-bytes", str(MAX_BODY_BYTES), *flags]
+    unset = {"VAE_API_KEYS": "", "VAE_MODEL_DIR": "", "VAE_CORS_ORIGINS": ""}  # empty: unset
+    environment = {**os.environ, "PYTHONPATH": str(REPO), **unset, **(env or {})}
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            command, env=environment, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    return Server(f"http://127.0.0.1:{port}", process, log)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+    """Three servers, started together: ``bundled`` (the default weights), ``keyed``
+    (tiny weights, with VAE_API_KEYS) and ``repo`` (a grey and two colour models)."""
+    folder = tmp_path_factory.mktemp("playground")
+    models = folder / "models"
+    models.mkdir()
+    grey = tiny_weights(models, "grey", channels=1, image_size=28, seed=0)
+    tiny_weights(models, "colour", channels=3, image_size=32, seed=1)
+    tiny_weights(models, "shapes", 3, 64, seed=2, architecture=SHAPES_ARCHITECTURE)
+    started = {
+        "bundled": launch(folder / "bundled.log", ["--weights", str(DEFAULT_WEIGHTS)]),
+        "keyed": launch(folder / "keyed.log", ["--weights", str(grey)], {"VAE_API_KEYS": KEY}),
+        "repo": launch(
+            folder / "repo.log", ["--model-dir", str(models), "--default-model", "grey"]
+        ),
+    }
+    try:
+        for server in started.values():
+            server.wait_ready(timeout_s=120)
+        yield started
+    finally:
+        for server in started.values():
+            if server.process.poll() is None:
+                server.process.kill()
+                server.process.wait()
