@@ -15,8 +15,9 @@ from PIL import Image
 from model import load_weights
 from model import train as model_train
 from model.checkpoint import checkpoint_path
-from model.distributed import parameter_digest
+from model.distributed import DistContext, parameter_digest
 from model.train import main
+from model.vae import VAE
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 TINY_ARGS = [
@@ -142,6 +143,32 @@ def test_free_bits_and_a_head_are_trained_and_recorded(tmp_path: Path) -> None:
     assert ckpt.config.head_width == 4
     assert ckpt.metadata["training"]["args"]["free_bits"] == 0.1
     assert 0 < ckpt.metadata["training"]["final_test"]["neg_elbo"] < 800
+
+
+@needs_data
+def test_channels_last_trains_the_same_model_and_resumes(tmp_path: Path) -> None:
+    plain, nhwc = tmp_path / "plain.safetensors", tmp_path / "nhwc.safetensors"
+    extra = ("--prior-components", "0")
+    assert train(plain, "--epochs", "2", *extra) == 0
+    assert train(nhwc, "--epochs", "1", "--channels-last", *extra) == 0
+    assert train(nhwc, "--epochs", "2", "--channels-last", "--resume", *extra) == 0
+    a, b = load_weights(plain), load_weights(nhwc)
+    assert b.metadata["training"]["args"]["channels_last"] is True
+    assert b.metadata["training"]["epochs"] == 2
+    # Only the convolutions' summation order differs: the same run within rounding.
+    elbo = [c.metadata["training"]["final_test"]["neg_elbo"] for c in (a, b)]
+    assert abs(elbo[0] - elbo[1]) < 0.01 * elbo[0]
+    for name, tensor in a.model.state_dict().items():
+        assert b.model.state_dict()[name].shape == tensor.shape
+
+
+def test_channels_last_puts_the_convolutions_in_nhwc() -> None:
+    args = model_train.build_parser().parse_args([*TINY_ARGS, "--channels-last"])
+    model_train.positive_args(args, model_train.build_parser())
+    model = VAE(model_train.model_config(args))
+    model_train.Trainer(args, model, torch.device("cpu"), DistContext(), steps_per_epoch=1)
+    conv = model.encoder.features[0][2].weight  # 4 x 4 x 3 x 3: NHWC differs from NCHW
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
 
 
 def test_bad_data_path_gets_one_clear_line(
