@@ -148,18 +148,19 @@ def test_free_bits_and_a_head_are_trained_and_recorded(tmp_path: Path) -> None:
 @needs_data
 def test_channels_last_trains_the_same_model_and_resumes(tmp_path: Path) -> None:
     plain, nhwc = tmp_path / "plain.safetensors", tmp_path / "nhwc.safetensors"
-    extra = ("--prior-components", "0")
-    assert train(plain, "--epochs", "2", *extra) == 0
-    assert train(nhwc, "--epochs", "1", "--channels-last", *extra) == 0
-    assert train(nhwc, "--epochs", "2", "--channels-last", "--resume", *extra) == 0
+    extra = ("--epochs", "2", "--prior-components", "0")
+    assert train(plain, *extra) == 0
+    assert train(nhwc, *extra, "--channels-last") == 0
     a, b = load_weights(plain), load_weights(nhwc)
     assert b.metadata["training"]["args"]["channels_last"] is True
-    assert b.metadata["training"]["epochs"] == 2
-    # Only the convolutions' summation order differs: the same run within rounding.
+    # Only the convolutions' summation order may differ: the same run within rounding.
     elbo = [c.metadata["training"]["final_test"]["neg_elbo"] for c in (a, b)]
-    assert abs(elbo[0] - elbo[1]) < 0.01 * elbo[0]
-    for name, tensor in a.model.state_dict().items():
-        assert b.model.state_dict()[name].shape == tensor.shape
+    assert abs(elbo[0] - elbo[1]) < 1e-4 * elbo[0]
+    # Its checkpoint (stored NCHW) loads back into the NHWC model and optimiser.
+    assert (
+        train(nhwc, "--epochs", "3", "--prior-components", "0", "--channels-last", "--resume") == 0
+    )
+    assert load_weights(nhwc).metadata["training"]["epochs"] == 3
 
 
 def test_channels_last_puts_the_convolutions_in_nhwc() -> None:
