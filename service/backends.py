@@ -1,4 +1,5 @@
-"""What runs a model's forward passes: torch (the default) or onnxruntime (``VAE_BACKEND``).
+"""What runs a model's forward passes: torch or onnxruntime (``VAE_BACKEND``; the default,
+``auto``, is onnxruntime on the CPU when the ``onnx`` extra is installed, else torch).
 
 Both take a CPU float32 batch (images N x C x H x W, or latents N x latent_dim) on the
 batcher's thread and return tensors: ``encode`` -> (mean, logvar), ``decode`` ->
@@ -14,6 +15,7 @@ random input before the model serves. onnxruntime runs on the CPU only.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -27,7 +29,10 @@ from model import VAE, Checkpoint
 from model.export import INSTALL_HINT, ExportError, OnnxExport, cached_export, check_export
 
 BackendName = Literal["torch", "onnxruntime"]
+# What VAE_BACKEND may say: a backend, or "auto" (onnxruntime where it can run, else torch).
+BackendChoice = Literal["auto", "torch", "onnxruntime"]
 Outputs = tuple[Tensor, ...]
+logger = logging.getLogger("service")
 LOAD_CHECK_BATCHES = (1, 3)  # at every load: cheap, and catches a stale or altered graph
 
 
@@ -110,9 +115,11 @@ def cache_dir(configured: Path | None) -> Path:
 
 
 def load_backend(
-    checkpoint: Checkpoint, backend: BackendName, cache: Path | None, threads: int
+    checkpoint: Checkpoint, backend: BackendChoice, cache: Path | None, threads: int
 ) -> Backend:
     """The backend that will run ``checkpoint`` (blocking: call it off the event loop)."""
+    if backend == "auto":
+        return _automatic(checkpoint, cache, threads)
     if backend == "torch":
         return TorchBackend(checkpoint.model)
     if not onnxruntime_installed():
@@ -133,3 +140,18 @@ def load_backend(
     except (ExportError, OSError) as exc:
         raise BackendError(f"onnxruntime backend: {exc}") from None
     return runner
+
+
+def _automatic(checkpoint: Checkpoint, cache: Path | None, threads: int) -> Backend:
+    """onnxruntime on the CPU when it is installed (served, it answered 1.2-3.4 times the
+    images per second of torch, and 0.9 times at 32 single-image clients:
+    BENCHMARKS.md), else torch; a model it cannot run falls back to torch, with the
+    reason in the log."""
+    on_cpu = next(checkpoint.model.parameters()).device.type == "cpu"
+    if not (on_cpu and onnxruntime_installed()):
+        return TorchBackend(checkpoint.model)
+    try:
+        return load_backend(checkpoint, "onnxruntime", cache, threads)
+    except BackendError as exc:
+        logger.warning("VAE_BACKEND=auto: serving with torch, because %s", exc)
+        return TorchBackend(checkpoint.model)

@@ -144,12 +144,14 @@ class Settings(BaseSettings):
             "batch that gives NaN or inf is run again in fp32."
         ),
     )
-    backend: Literal["torch", "onnxruntime"] = Field(
-        default="torch",
+    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+        default="auto",
         description=(
             "What runs each model: torch, or onnxruntime (CPU only; pip install "
             "'vae-service[onnx]'), its ONNX graphs exported at load into "
-            "VAE_ONNX_CACHE_DIR or read from there, and checked against torch."
+            "VAE_ONNX_CACHE_DIR or read from there, and checked against torch. auto: "
+            "onnxruntime on the CPU when installed, else torch (and torch for a model "
+            "onnxruntime cannot run, with the reason in the log)."
         ),
     )
     onnx_cache_dir: Path | None = Field(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import importlib.util
 import io
 import os
 import socket
@@ -31,6 +32,10 @@ from service.settings import Settings
 torch.set_num_threads(1)
 
 TINY = VAEConfig(image_size=28, channels=1, latent_dim=4, widths=(4, 8), hidden_dim=16)
+# The onnx extra (onnxruntime to run, onnxscript to export): with it, VAE_BACKEND=auto
+# serves CPU models with onnxruntime; without it, with torch.
+HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript"))
+AUTO_BACKEND = "onnxruntime" if HAS_ONNX else "torch"
 
 
 @pytest.fixture

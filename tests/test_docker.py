@@ -199,16 +199,19 @@ def test_api_keys_from_an_env_file_protect_the_api(stack: Stack, tmp_path: Path)
 
 
 def test_the_image_serves_with_onnx_runtime(stack: Stack, tmp_path: Path) -> None:
-    """The image carries the onnx extra: VAE_BACKEND=onnxruntime exports the bundled
-    weights at start-up (into /tmp, the one writable place) and serves them."""
-    with stack.env_file(tmp_path, "VAE_BACKEND=onnxruntime"), stack.client() as http:
+    """The image carries the onnx extra, so VAE_BACKEND=auto (the default) exports the
+    bundled weights at start-up (into /tmp, the one writable place) and serves them with
+    ONNX Runtime; VAE_BACKEND=torch, written into an .env file, turns that off."""
+    with stack.client() as http:
         assert http.get("/model").json()["backend"] == "onnxruntime"
         files = [("images", ("0.png", png_bytes(90), "image/png"))]
         encoded = http.post("/encode", files=files)
         assert encoded.status_code == 200, encoded.text
         assert len(encoded.json()["mean"][0]) == 32
-    with stack.client() as http:
+    with stack.env_file(tmp_path, "VAE_BACKEND=torch"), stack.client() as http:
         assert http.get("/model").json()["backend"] == "torch"
+        by_torch = http.post("/encode", files=files).json()["mean"]
+        assert by_torch[0] == pytest.approx(encoded.json()["mean"][0], abs=1e-4)
 
 
 def test_api_serves_weights_trained_in_the_train_container(stack: Stack) -> None:

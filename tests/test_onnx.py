@@ -38,9 +38,8 @@ from service.backends import BackendError, default_cache_dir, load_backend
 from service.cli import build_parser, read_settings
 from service.main import create_app
 from service.settings import Settings
-from tests.conftest import TINY, settings_for
+from tests.conftest import HAS_ONNX, TINY, settings_for
 
-HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript"))
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="the onnx extra is not installed")
 NPY = {"content-type": "application/x-npy"}
 
@@ -69,8 +68,9 @@ def apps(served_settings: Settings, onnx_cache: Path) -> Iterator[dict[str, Test
     onnx = served_settings.model_copy(
         update={"backend": "onnxruntime", "onnx_cache_dir": onnx_cache}
     )
+    torch_settings = served_settings.model_copy(update={"backend": "torch"})
     with (
-        TestClient(create_app(served_settings)) as torch_client,
+        TestClient(create_app(torch_settings)) as torch_client,
         TestClient(create_app(onnx)) as onnx_client,
     ):
         yield {"torch": torch_client, "onnxruntime": onnx_client}
@@ -183,8 +183,44 @@ def test_default_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 # --- the service -----------------------------------------------------------------------
 
 
-def test_torch_is_the_default_backend() -> None:
-    assert Settings.model_fields["backend"].default == "torch"
+def test_auto_is_the_default_backend() -> None:
+    assert Settings.model_fields["backend"].default == "auto"
+
+
+@needs_onnx
+def test_auto_runs_a_cpu_model_on_onnxruntime(tiny_weights: Path, onnx_cache: Path) -> None:
+    assert load_backend(load_weights(tiny_weights), "auto", onnx_cache, 1).name == "onnxruntime"
+
+
+def test_auto_runs_torch_without_onnxruntime_or_on_a_gpu(
+    tiny_weights: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = load_weights(tiny_weights)
+    monkeypatch.setattr(backends, "onnxruntime_installed", lambda: False)
+    assert load_backend(checkpoint, "auto", None, 1).name == "torch"
+    monkeypatch.setattr(backends, "onnxruntime_installed", lambda: True)
+    fake = torch.nn.Parameter(torch.zeros(1, device="meta"))
+    monkeypatch.setattr(checkpoint.model, "parameters", lambda: iter([fake]))
+    monkeypatch.setattr(backends, "cached_export", _no_export)  # not even tried on a GPU
+    assert load_backend(checkpoint, "auto", None, 1).name == "torch"
+
+
+def test_auto_falls_back_to_torch_when_onnxruntime_cannot_run_the_model(
+    tiny_weights: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise ExportError("an operator the exporter does not know")
+
+    monkeypatch.setattr(backends, "onnxruntime_installed", lambda: True)
+    monkeypatch.setattr(backends, "cached_export", broken)
+    with caplog.at_level("WARNING", logger="service"):
+        assert load_backend(load_weights(tiny_weights), "auto", tmp_path, 1).name == "torch"
+    assert "serving with torch" in caplog.text and "does not know" in caplog.text
+    with pytest.raises(BackendError, match="does not know"):  # asked for by name: an error
+        load_backend(load_weights(tiny_weights), "onnxruntime", tmp_path, 1)
 
 
 def test_a_missing_onnxruntime_is_a_clear_start_up_error(

@@ -33,7 +33,7 @@ from model.prior import attach_prior, fit_prior
 from service.main import create_app
 from service.repository import ModelRepository
 from service.settings import Settings
-from tests.conftest import TINY, image_file, settings_for
+from tests.conftest import AUTO_BACKEND, TINY, image_file, settings_for
 
 POLL_S = 0.05
 ADMIN = "admin-key-for-tests"
@@ -231,7 +231,7 @@ def test_models_lists_every_model_and_its_version(shelf_client: TestClient, shel
             "image_shape": [1, 28, 28],
             "latent_dim": 6 if name == "wide" else 4,
             "prior": "fitted" if name == "fitted" else "standard",
-            "backend": "torch",
+            "backend": AUTO_BACKEND,
         }
 
 
@@ -539,18 +539,19 @@ def test_a_request_in_flight_during_a_swap_finishes_on_the_old_version(
     client = serve(repo_settings(model_dir))
     old = repository(client).entries["a"].live
     assert old is not None
-    old_model = old.runtime.model
+    old_backend = old.runtime.backend  # torch or onnxruntime, whichever serves it
     with torch.inference_mode():  # npy answers are N x H x W x C
-        expected = old_model.decode(torch.tensor(Z["z"])).numpy().transpose(0, 2, 3, 1)
+        (images,) = old_backend.decode(torch.tensor(Z["z"]))
+    expected = images.numpy().transpose(0, 2, 3, 1)
     entered, release = threading.Event(), threading.Event()
-    decode = old_model.decode
+    decode = old_backend.decode
 
-    def held_decode(z: torch.Tensor) -> torch.Tensor:
+    def held_decode(z: torch.Tensor) -> tuple[torch.Tensor, ...]:
         entered.set()
         assert release.wait(20), "never released"
         return decode(z)
 
-    monkeypatch.setattr(old_model, "decode", held_decode)
+    monkeypatch.setattr(old_backend, "decode", held_decode)
     with ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(client.post, "/decode?format=npy", json=Z)
         assert entered.wait(10), "the request never reached the old version's batch"
