@@ -36,8 +36,10 @@ from benchmarks import scheduling, servers, workloads
 from benchmarks.load import Load, drive, have_wrk
 from model import load_weights
 from model.distributed import resolve_device
+from service.backends import load_backend
 from service.model_entries import model_name
 from service.runtime import HALF, torch_threads
+from service.settings import Settings
 
 SINGLE_CONCURRENCY = (1, 8, 32, 64)
 WRITE_START = "<!-- benchmarks.bench: start of its report; the run rewrites what follows -->"
@@ -132,10 +134,14 @@ def measure_in_process(
 
 
 def in_process_work(weights: Path, args: argparse.Namespace) -> list[workloads.Workload]:
-    """The workloads, with the model in-process on --device in --precision."""
+    """The workloads, with the model in-process on --device in --precision, run by the
+    backend our server picks for it (VAE_BACKEND's default, or as set in the environment)."""
     device = torch.device(args.device)
     half = HALF.get(args.precision) if device.type == "cuda" else None
-    return workloads.build(load_weights(weights, device).model, device, half, model_name(weights))
+    checkpoint = load_weights(weights, device)
+    backend = load_backend(checkpoint, Settings().backend, None, args.threads)
+    args.backend = backend.name
+    return workloads.build(checkpoint.model, device, half, model_name(weights), backend)
 
 
 def measure_server(
@@ -381,8 +387,8 @@ def report(
     return "\n\n".join(
         [
             f"Machine: {machine()}. 1-minute load average when the run started: {load:.2f}.",
-            f"Device: {device_name(args.device)}, precision {args.precision}, in ours and"
-            " in-process; the peers, if any, run on the CPU.",
+            f"Device: {device_name(args.device)}, precision {args.precision}, backend"
+            f" {args.backend}, in ours and in-process; the peers, if any, run on the CPU.",
             f"Weights: {weights}. Torch threads, in every server and in-process: {args.threads}."
             f" Each figure: {args.seconds:g} s of load after a 1 s warm-up.",
             table(rows),

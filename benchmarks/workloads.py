@@ -20,6 +20,7 @@ from PIL import Image
 from benchmarks.load import Request
 from model import VAE, VAEConfig
 from model.data import IDX_DIRS, DataError, load_idx_split
+from service.backends import Backend, TorchBackend
 from service.batch_jobs import Outputs
 from service.imaging import decode_images, encode_base64_pngs
 from service.oip.protocol import HEADER_LENGTH
@@ -105,11 +106,14 @@ def build(
     device: torch.device = CPU,
     half: torch.dtype | None = None,
     served: str = FALLBACK_DEFAULT,
+    backend: Backend | None = None,
 ) -> list[Workload]:
     """The workloads, with ``model`` (already on ``device``) in-process in ``half`` precision
-    (None: float32); ``served`` is the model's name in our server (for the /v2 paths)."""
+    (None: float32), run by ``backend`` (None: torch, the model itself); ``served`` is the
+    model's name in our server (for the /v2 paths)."""
     cfg = model.cfg
     forward = forward_on(device, half)
+    runner = backend or TorchBackend(model)
     images = test_images(BATCH, cfg)
     pngs = [png_base64(image) for image in images]
     latents = torch.randn((BATCH, cfg.latent_dim), generator=torch.Generator().manual_seed(SEED))
@@ -129,10 +133,10 @@ def build(
         return encode_base64_pngs(images.numpy())
 
     def encode(batch: torch.Tensor) -> torch.Tensor:
-        return forward(model.encode, batch)[0]
+        return forward(runner.encode, batch)[0]
 
     def decode(z: torch.Tensor) -> torch.Tensor:
-        return forward(lambda x: (model.decode(x),), z)[0]
+        return forward(runner.decode, z)[0]
 
     pixels = torch.from_numpy(images)
     unit = pixels[:, None] if cfg.channels == 1 else pixels.permute(0, 3, 1, 2)

@@ -18,6 +18,7 @@ from packaging.requirements import Requirement
 
 from benchmarks import bench, gpu_wheels, workloads
 from model import VAE
+from tests.conftest import AUTO_BACKEND
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "benchmarks" / "gpu_check.sh"
@@ -165,6 +166,20 @@ def test_bench_defaults_to_the_cpu_in_fp32() -> None:
     env = bench.ours_env(args)
     assert env["VAE_DEVICE"] == "cpu" and env["VAE_PRECISION"] == "fp32"
     assert bench.device_name("cpu") == "cpu"
+
+
+def test_bench_runs_in_process_on_the_backend_ours_picks(
+    tiny_weights: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The "≥ 80% of in-process" rows compare like with like: the in-process model runs
+    on the backend VAE_BACKEND picks for our server."""
+    monkeypatch.setenv("VAE_ONNX_CACHE_DIR", str(tmp_path))
+    for choice, expected in (("auto", AUTO_BACKEND), ("torch", "torch")):
+        monkeypatch.setenv("VAE_BACKEND", choice)
+        args = bench.parse_args(["--peers", "", "--threads", "1"])
+        work = {w.name: w for w in bench.in_process_work(tiny_weights, args)}
+        assert args.backend == expected
+        assert len(work["encode 1 image, JSON"].in_process()) == 1  # type: ignore[arg-type]
 
 
 def test_bench_refuses_half_precision_on_the_cpu(capsys: pytest.CaptureFixture[str]) -> None:
