@@ -27,10 +27,9 @@ from torch import Tensor
 
 from model import VAE, Checkpoint
 from model.export import INSTALL_HINT, ExportError, OnnxExport, cached_export, check_export
+from service.settings import BackendChoice
 
 BackendName = Literal["torch", "onnxruntime"]
-# What VAE_BACKEND may say: a backend, or "auto" (onnxruntime where it can run, else torch).
-BackendChoice = Literal["auto", "torch", "onnxruntime"]
 Outputs = tuple[Tensor, ...]
 logger = logging.getLogger("service")
 LOAD_CHECK_BATCHES = (1, 3)  # at every load: cheap, and catches a stale or altered graph

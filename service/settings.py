@@ -19,6 +19,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from model.pretrained import DEFAULT_WEIGHTS
 
 ENV_PREFIX = "VAE_"
+# What VAE_BACKEND may say: a backend, or "auto" (onnxruntime where it can run, else torch).
+BackendChoice = Literal["auto", "torch", "onnxruntime"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
@@ -144,7 +146,7 @@ class Settings(BaseSettings):
             "batch that gives NaN or inf is run again in fp32."
         ),
     )
-    backend: Literal["auto", "torch", "onnxruntime"] = Field(
+    backend: BackendChoice = Field(
         default="auto",
         description=(
             "What runs each model: torch, or onnxruntime (CPU only; pip install "
