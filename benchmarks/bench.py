@@ -88,6 +88,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="forward-pass precision on CUDA (VAE_PRECISION); the CPU runs fp32 only",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes of ours (VAE_WORKERS), in every run of ours; the soak needs 1",
+    )
+    parser.add_argument(
         "--no-scheduling",
         dest="scheduling",
         action="store_false",
@@ -100,6 +106,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.quick:
         args.seconds, args.soak = 2.0, 5_000
     check_device(parser, args)
+    if args.workers < 1:
+        parser.error(f"--workers must be at least 1, got {args.workers}")
+    if args.workers > 1 and args.soak:
+        parser.error("the memory soak reads one process's memory: add --soak 0 with --workers")
     return args
 
 
@@ -207,6 +217,7 @@ def ours_env(args: argparse.Namespace) -> dict[str, str]:
         "VAE_LOG_LEVEL": "warning",
         "VAE_DEVICE": args.device,
         "VAE_PRECISION": args.precision,
+        "VAE_WORKERS": str(args.workers),
     }
 
 
@@ -388,7 +399,8 @@ def report(
         [
             f"Machine: {machine()}. 1-minute load average when the run started: {load:.2f}.",
             f"Device: {device_name(args.device)}, precision {args.precision}, backend"
-            f" {args.backend}, in ours and in-process; the peers, if any, run on the CPU.",
+            f" {args.backend}, in ours and in-process; the peers, if any, run on the CPU."
+            f" Worker processes of ours: {args.workers}.",
             f"Weights: {weights}. Torch threads, in every server and in-process: {args.threads}."
             f" Each figure: {args.seconds:g} s of load after a 1 s warm-up.",
             table(rows),

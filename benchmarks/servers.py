@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from model import VAE, VAEConfig, save_weights
 from model.pretrained import DEFAULT_WEIGHTS
@@ -89,7 +90,29 @@ def start(name: str, weights: Path, threads: int, env: dict[str, str]) -> Server
     )
     server = Server(name, process, f"http://127.0.0.1:{port}", log)
     _wait_ready(server, READY_PATH[name])
+    if name == "ours" and int(env.get("VAE_WORKERS", "1")) > 1:
+        wait_for_workers(server, int(env["VAE_WORKERS"]))
     return server
+
+
+def wait_for_workers(server: Server, count: int, timeout_s: float = 300) -> None:
+    """Until every worker has loaded its model (/metrics counts the loads of all of
+    them): a load generator's connections would otherwise all go to the first ready."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
+        loads = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "vae_model_loads_total" and sample.labels["outcome"] == "success"
+        )
+        if loads >= count:
+            time.sleep(2.0)  # the last one's warm-up
+            return
+        time.sleep(0.5)
+    server.stop()
+    raise RuntimeError(f"{count} workers not ready in {timeout_s} s")
 
 
 def _wait_ready(server: Server, path: str, timeout_s: float = 180) -> None:

@@ -12,10 +12,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import servers, workloads
 from benchmarks.load import drive, have_wrk
@@ -23,25 +19,6 @@ from model import load_weights
 
 SINGLE = "encode 1 image, JSON"
 BATCHED = f"encode {workloads.BATCH} images, npy"
-
-
-def wait_for_workers(server: servers.Server, count: int, timeout_s: float = 300) -> None:
-    """Until every worker has loaded its model (/metrics counts the loads of all of
-    them): a load generator's connections would otherwise all go to the first ready."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        text = httpx.get(f"{server.base_url}/metrics", timeout=10).text
-        loads = sum(
-            sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-            if sample.name == "vae_model_loads_total" and sample.labels["outcome"] == "success"
-        )
-        if loads >= count:
-            time.sleep(2.0)  # the last one's warm-up
-            return
-        time.sleep(0.5)
-    raise RuntimeError(f"{count} workers not ready in {timeout_s} s")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,7 +43,6 @@ def main(argv: list[str] | None = None) -> None:
         env = {"VAE_WORKERS": str(count), "VAE_DEVICE": args.device, "VAE_ACCESS_LOG": "false"}
         server = servers.start("ours", weights, 1, env)
         try:
-            wait_for_workers(server, count)
             for name, concurrency in rows:
                 request = work[name].requests["ours"]
                 drive(server.base_url, request, concurrency, 1.0)  # warm-up

@@ -166,6 +166,20 @@ def test_bench_defaults_to_the_cpu_in_fp32() -> None:
     env = bench.ours_env(args)
     assert env["VAE_DEVICE"] == "cpu" and env["VAE_PRECISION"] == "fp32"
     assert bench.device_name("cpu") == "cpu"
+    assert env["VAE_WORKERS"] == "1"
+
+
+def test_bench_runs_ours_with_several_workers_only_without_the_soak(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert bench.ours_env(bench.parse_args(["--workers", "2", "--soak", "0"]))["VAE_WORKERS"] == "2"
+    for argv, why in (
+        (["--workers", "2"], "add --soak 0"),
+        (["--workers", "0", "--soak", "0"], "at least 1"),
+    ):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert why in capsys.readouterr().err
 
 
 def test_bench_runs_in_process_on_the_backend_ours_picks(
