@@ -3,7 +3,9 @@
 Figures on the test split, in nats per image: −ELBO with its reconstruction and KL parts
 (one posterior draw per image), the IWAE bound on −log p(x) with k importance samples
 (Burda et al. 2016), MSE and PSNR of the posterior-mean reconstruction (per image, then
-averaged), and the number of active latent units (Cov_x(E_q[z_u]) > 0.01).
+averaged), and the number of active latent units (Cov_x(E_q[z_u]) > 0.01). Both bounds are
+under the model's prior: a learned one when the file carries it (``vae-tune-prior``),
+N(0, I) otherwise.
 
 With ``--quality``, also the sample quality of the standard and the fitted prior side by
 side (model/quality.py): Fréchet distance of the Fashion-MNIST classifier's penultimate
@@ -44,6 +46,7 @@ from model.disentangle import (
 )
 from model.distributed import resolve_device
 from model.metrics import active_units, evaluate_elbo, iwae_nll, reconstruction_error
+from model.prior import FittedPrior
 from model.quality import compare_priors, format_quality, save_prior_grids, sharpness_ratios
 from model.weights import Checkpoint, load_weights
 
@@ -99,14 +102,18 @@ def evaluate_checkpoint(
     """Every figure for ``ckpt`` on ``images``, as one flat dict."""
     model = ckpt.model.to(device)
     began = time.perf_counter()
-    elbo = evaluate_elbo(model, images, batch_size, seed, device)
+    prior = FittedPrior.from_checkpoint(ckpt)
+    # A learned prior is the model's prior; one fitted to posterior means only samples.
+    log_prior = prior.to(device).log_prob if prior and prior.learned else None
+    elbo = evaluate_elbo(model, images, batch_size, seed, device, log_prior)
     return {
         "weights": ckpt.path,
         "sha256": ckpt.sha256,
         "n_images": len(images),
         **elbo,
-        "iwae_nll": iwae_nll(model, images, iwae_k, batch_size, seed, device),
+        "iwae_nll": iwae_nll(model, images, iwae_k, batch_size, seed, device, log_prior),
         "iwae_k": iwae_k,
+        "bound_prior": "learned" if log_prior else "standard",
         **(recon := reconstruction_error(model, images, batch_size, device)),
         "sharpness": sharpness_ratios(
             ckpt, images, recon["recon_sharpness"], seed=seed, device=device
@@ -126,7 +133,7 @@ def format_text(r: dict[str, Any]) -> str:
             f"sha256        {r['sha256']}",
             f"data          {r['data']} test split, {r['n_images']} images ({r['device']})",
             f"-ELBO         {r['neg_elbo']:.2f} nats/image "
-            f"(reconstruction {r['recon']:.2f}, KL {r['kl']:.2f})",
+            f"(reconstruction {r['recon']:.2f}, KL {r['kl']:.2f}; {r['bound_prior']} prior)",
             f"-log p(x)     <= {r['iwae_nll']:.2f} nats/image (IWAE bound, k={r['iwae_k']})",
             f"MSE           {r['mse']:.5f} (per image, averaged)",
             f"PSNR          {r['psnr']:.2f} dB (per image, averaged)",

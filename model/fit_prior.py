@@ -15,7 +15,8 @@ from torch import Tensor
 from model.cli import one_line_errors
 from model.data import load_dataset
 from model.distributed import resolve_device
-from model.prior import COVARIANCE_TYPES, FittedPrior, attach_prior, fit_to_images
+from model.prior import COVARIANCE_TYPES, FittedPrior, fit_to_images
+from model.prior_files import attach_prior
 from model.vae import VAE
 from model.weights import STORAGE_DTYPES, load_weights
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,30 @@ def gaussian_kl_per_unit(mean: Tensor, logvar: Tensor) -> Tensor:
 def gaussian_kl(mean: Tensor, logvar: Tensor) -> Tensor:
     """KL(q(z|x) || N(0, I)) per row: the sum over latent units."""
     return gaussian_kl_per_unit(mean, logvar).sum(dim=1)
+
+
+# log p(z) of a prior with no closed-form KL to q(z|x), one value per row (FittedPrior.log_prob).
+LogPrior = Callable[[Tensor], Tensor]
+
+
+def log_normal_diag(z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
+    """log N(z; mean, diag(exp(logvar))), summed over the last dimension."""
+    sq = (z - mean).pow(2) * torch.exp(-logvar)
+    return -0.5 * (sq + logvar + math.log(2 * math.pi)).sum(dim=-1)
+
+
+def standard_log_prior(z: Tensor) -> Tensor:
+    """log N(z; 0, I), summed over the last dimension."""
+    return -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(dim=-1)
+
+
+def kl_to_prior(z: Tensor, mean: Tensor, logvar: Tensor, log_prior: LogPrior | None) -> Tensor:
+    """KL(q(z|x) || p(z)) per row. Against N(0, I) in closed form; against a learned mixture,
+    which has none, its one-draw Monte Carlo estimate log q(z|x) − log p(z) at the draw z,
+    unbiased as the ELBO needs (Kingma & Welling 2014, Section 2.3, eq. 6 against eq. 7)."""
+    if log_prior is None:
+        return gaussian_kl(mean, logvar)
+    return log_normal_diag(z, mean, logvar) - log_prior(z)
 
 
 def free_bits_penalty(mean: Tensor, logvar: Tensor, free_bits: float) -> Tensor:

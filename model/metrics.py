@@ -14,7 +14,13 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from model.loss import elbo_terms, reconstruction_nll
+from model.loss import (
+    LogPrior,
+    kl_to_prior,
+    log_normal_diag,
+    reconstruction_nll,
+    standard_log_prior,
+)
 from model.vae import VAE
 
 # Rows decoded at once by the IWAE estimate (images x samples), which bounds its memory.
@@ -42,28 +48,26 @@ def evaluate_elbo(
     batch_size: int = 500,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    log_prior: LogPrior | None = None,
 ) -> dict[str, float]:
-    """Mean −ELBO, reconstruction NLL and KL over ``images`` with one posterior draw each;
-    the seed makes the figure repeatable."""
+    """Mean −ELBO, reconstruction NLL and KL over ``images`` with one posterior draw each,
+    under N(0, I) or the learned prior ``log_prior``; the seed makes the figure repeatable."""
     model.eval()
     gen = _generator(seed, device)
-    totals = torch.zeros(3, dtype=torch.float64)
+    totals = torch.zeros(2, dtype=torch.float64)
     for x in _batches(images, batch_size, device):
-        logits, mean, logvar = model(x, gen)
-        terms = elbo_terms(logits, x, mean, logvar, model.cfg)
-        part = torch.stack([terms.neg_elbo, terms.recon, terms.kl]).double().cpu()
-        totals += part * len(x)
-    neg_elbo, recon, kl = (totals / len(images)).tolist()
-    return {"neg_elbo": neg_elbo, "recon": recon, "kl": kl}
+        mean, logvar = model.encode(x)
+        z = model.reparameterize(mean, logvar, gen)
+        recon = reconstruction_nll(model.decode_logits(z), x, model.cfg)
+        kl = kl_to_prior(z, mean, logvar, log_prior)
+        totals += torch.stack([recon.sum(), kl.sum()]).double().cpu()
+    recon, kl = (totals / len(images)).tolist()
+    return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
 
 
-def _log_normal(z: Tensor, mean: Tensor, logvar: Tensor) -> Tensor:
-    """log N(z; mean, diag(exp(logvar))), summed over the last dimension."""
-    sq = (z - mean).pow(2) * torch.exp(-logvar)
-    return -0.5 * (sq + logvar + math.log(2 * math.pi)).sum(dim=-1)
-
-
-def _log_weights(model: VAE, x: Tensor, k: int, gen: torch.Generator) -> Tensor:
+def _log_weights(
+    model: VAE, x: Tensor, k: int, gen: torch.Generator, log_prior: LogPrior | None
+) -> Tensor:
     """k x B importance log-weights log p(x|z) + log p(z) − log q(z|x), z ~ q(z|x)."""
     mean, logvar = model.encode(x)
     chunk = max(1, IWAE_DECODE_ROWS // len(x))
@@ -74,8 +78,8 @@ def _log_weights(model: VAE, x: Tensor, k: int, gen: torch.Generator) -> Tensor:
         logits = model.decode_logits(z.flatten(0, 1))
         x_rep = x.expand(n, *x.shape).flatten(0, 1)
         log_px = -reconstruction_nll(logits, x_rep, model.cfg).view(n, len(x))
-        zeros = torch.zeros_like(mean)
-        parts.append(log_px + _log_normal(z, zeros, zeros) - _log_normal(z, mean, logvar))
+        log_pz = (log_prior or standard_log_prior)(z)
+        parts.append(log_px + log_pz - log_normal_diag(z, mean, logvar))
     return torch.cat(parts)
 
 
@@ -87,6 +91,7 @@ def iwae_nll(
     batch_size: int = 100,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    log_prior: LogPrior | None = None,
 ) -> float:
     """Mean −log p̂(x) with p̂(x) = (1/k) Σ_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x).
 
@@ -98,7 +103,7 @@ def iwae_nll(
     gen = _generator(seed, device)
     total = 0.0
     for x in _batches(images, batch_size, device):
-        log_w = _log_weights(model, x, k, gen).double()
+        log_w = _log_weights(model, x, k, gen, log_prior).double()
         log_px = torch.logsumexp(log_w, dim=0) - math.log(k)
         total -= float(log_px.sum())
     return total / len(images)

@@ -8,31 +8,44 @@ product per sample.
 
 Stored in the weights file as tensors ``prior.weights`` (K), ``prior.means`` (K x D) and
 ``prior.scale_tril`` (K x D x D, Cholesky factors of the covariances), plus metadata key
-``prior``: {components, covariance_type, train_loglik, n_fit}. Every covariance type is
-expanded to full lower-triangular factors so that sampling has one code path.
+``prior``: {components, covariance_type, train_loglik, n_fit, fit} (files written before
+``fit`` existed lack it, and mean ``means``). Every covariance type is expanded to full
+lower-triangular factors so that sampling has one code path.
+
+``fit`` says what the mixture is to the model. ``means`` (the default, and what older
+files mean): fitted to posterior means after training, for sampling only; the model's
+ELBO is the one under N(0, I). ``learned``: trained jointly with the VAE on the ELBO
+(model/tune_prior.py), so it is the model's prior, and the ELBO and IWAE bound use it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from sklearn.mixture import GaussianMixture
 from torch import Tensor
+from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 from model.vae import VAE
-from model.weights import Checkpoint, WeightsError, load_weights, save_weights
+from model.weights import Checkpoint, WeightsError
 
 PRIOR_PREFIX = "prior."
 PRIOR_TENSORS = ("weights", "means", "scale_tril")
 COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
 PRIOR_METADATA = ("components", "covariance_type", "train_loglik", "n_fit")
+FITS = ("means", "learned")
 # Mixture weights are stored in float32; their sum may drift from 1 by rounding only.
 WEIGHT_SUM_TOLERANCE = 1e-4
+
+
+def mixture(pick: Categorical, means: Tensor, scale_tril: Tensor) -> MixtureSameFamily:
+    """torch.distributions' Gaussian mixture: its log_prob is a tested log-sum-exp over
+    components of triangular-solve densities."""
+    return MixtureSameFamily(pick, MultivariateNormal(means, scale_tril=scale_tril))
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,12 @@ class FittedPrior:
     covariance_type: str
     train_loglik: float
     n_fit: int
+    fit: str = "means"
+
+    @property
+    def learned(self) -> bool:
+        """Part of the model (its ELBO uses it), not only a sampler."""
+        return self.fit == "learned"
 
     @property
     def components(self) -> int:
@@ -62,7 +81,18 @@ class FittedPrior:
             self.covariance_type,
             self.train_loglik,
             self.n_fit,
+            self.fit,
         )
+
+    def distribution(self) -> MixtureSameFamily:
+        return MixtureSameFamily(
+            Categorical(probs=self.weights),
+            MultivariateNormal(self.means, scale_tril=self.scale_tril),
+        )
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) under the mixture, one value per row of ``z`` (any leading shape)."""
+        return mixture(Categorical(probs=self.weights), self.means, self.scale_tril).log_prob(z)
 
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
@@ -83,6 +113,7 @@ class FittedPrior:
             "covariance_type": self.covariance_type,
             "train_loglik": self.train_loglik,
             "n_fit": self.n_fit,
+            "fit": self.fit,
         }
 
     def tensors(self) -> dict[str, Tensor]:
@@ -116,13 +147,26 @@ def _validated(
     _check_shapes(weights, means, tril, meta["components"], latent_dim)
     _check_values(weights, means, tril)
     return FittedPrior(
-        weights, means, tril, meta["covariance_type"], float(meta["train_loglik"]), meta["n_fit"]
+        weights,
+        means,
+        tril,
+        meta["covariance_type"],
+        float(meta["train_loglik"]),
+        meta["n_fit"],
+        meta.get("fit", "means"),
     )
 
 
 def _check_metadata(meta: Any) -> None:
-    if not isinstance(meta, dict) or set(meta) != set(PRIOR_METADATA):
-        raise ValueError(f"metadata 'prior' must hold exactly {', '.join(PRIOR_METADATA)}")
+    if not isinstance(meta, dict) or not set(PRIOR_METADATA) <= set(meta) <= {
+        *PRIOR_METADATA,
+        "fit",
+    }:
+        raise ValueError(
+            f"metadata 'prior' must hold exactly {', '.join(PRIOR_METADATA)}, and may hold fit"
+        )
+    if meta.get("fit", "means") not in FITS:
+        raise ValueError(f"fit {meta['fit']!r} is not one of {FITS}")
     k, cov, loglik, n_fit = (meta[key] for key in PRIOR_METADATA)
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"components {k!r} is not a positive integer")
@@ -219,30 +263,6 @@ def _full_covariances(gm: GaussianMixture, k: int, d: int) -> np.ndarray:
     if gm.covariance_type == "diag":
         return cov[:, :, None] * np.eye(d)
     return cov[:, None, None] * np.eye(d)
-
-
-def attach_prior(
-    path: str | Path,
-    prior: FittedPrior,
-    out: str | Path | None = None,
-    storage: str | None = None,
-) -> Checkpoint:
-    """Add ``prior`` to the weights file at ``path`` (replacing any prior it had) and write
-    the result atomically to ``out`` (default: in place), its model tensors in ``storage``
-    (default: as they were); return the re-read file."""
-    ckpt = load_weights(path)
-    if prior.latent_dim != ckpt.config.latent_dim:
-        raise ValueError(
-            f"prior has {prior.latent_dim} latent dims, model {ckpt.config.latent_dim}"
-        )
-    extra = {k: v for k, v in ckpt.extra_tensors.items() if not k.startswith(PRIOR_PREFIX)}
-    meta = {k: v for k, v in ckpt.metadata.items() if k not in ("config", "format_version")}
-    meta["prior"] = prior.describe()
-    if storage:
-        meta["storage"] = storage
-    target = out or path
-    save_weights(target, ckpt.model, meta, extra | prior.tensors())
-    return load_weights(target)
 
 
 def sample_latents(

@@ -157,11 +157,16 @@ class FittedPriorInfo(BaseModel):
     components: int = Field(examples=[10])
     covariance_type: str = Field(examples=["full"])
     train_loglik: float = Field(
-        description="Mean log-likelihood of the training posterior means under the mixture, "
-        "in nats",
+        description="Mean log-likelihood of the training posterior means (fit 'means') or "
+        "of one posterior draw per training image (fit 'learned') under the mixture, in nats",
         examples=[48.51],
     )
-    n_fit: int = Field(description="Posterior means it was fitted to", examples=[60000])
+    n_fit: int = Field(description="Training images it was fitted to", examples=[60000])
+    fit: Literal["means", "learned"] = Field(
+        "means",
+        description="means: fitted to posterior means after training, for sampling only; "
+        "learned: trained with the model on its ELBO (vae-tune-prior), the model's own prior",
+    )
 
 
 class ModelInfo(BaseModel):

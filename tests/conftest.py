@@ -231,3 +231,20 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait()
+
+
+@pytest.fixture
+def spread_model() -> VAE:
+    """A tiny VAE whose posterior sits well away from the prior (KL of about 5 nats),
+    so the IWAE bound has a gap to close."""
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(latent_dim=4, widths=(4, 8), hidden_dim=16)).eval()
+    with torch.no_grad():
+        model.encoder.to_stats.weight.mul_(0.1)
+        model.encoder.to_stats.bias.copy_(torch.tensor([2.0, -1, 1, 0, -2, -1, 0, -3]))
+    return model
+
+
+@pytest.fixture
+def binary_images() -> torch.Tensor:
+    return torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)).round()

@@ -13,7 +13,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from model import VAE, WeightsError, load_weights, save_weights
-from model.prior import FittedPrior, attach_prior, fit_prior
+from model.prior import FittedPrior, fit_prior
+from model.prior_files import attach_prior
 from service.cli import main as serve_main
 from service.client import VAEClient
 from service.main import create_app

@@ -16,6 +16,7 @@ from model import load_weights
 from model.data import load_idx_split
 from model.metrics import evaluate_elbo
 from model.pretrained import BUNDLED_MODELS, DEFAULT_WEIGHTS
+from model.prior import FittedPrior
 from service.main import create_app
 from tests.conftest import settings_for
 
@@ -26,10 +27,14 @@ needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"Fashion-MNIST not in
 
 @needs_data
 def test_float16_default_reproduces_its_float32_test_elbo() -> None:
+    """Under its learned prior, as vae-tune-prior measured it in float32 at the end."""
     ckpt = load_weights(DEFAULT_WEIGHTS)
     assert ckpt.metadata["storage"] == "float16"
-    recorded = ckpt.metadata["training"]["final_test"]  # measured in float32 at the end
-    measured = evaluate_elbo(ckpt.model, load_idx_split(DATA, "test").images)
+    recorded = ckpt.metadata["prior_tuning"]["final_test"]
+    prior = FittedPrior.from_checkpoint(ckpt)
+    assert prior is not None and prior.learned
+    images = load_idx_split(DATA, "test").images
+    measured = evaluate_elbo(ckpt.model, images, log_prior=prior.log_prob)
     assert measured["neg_elbo"] == pytest.approx(recorded["neg_elbo"], abs=0.05)
     assert measured["kl"] == pytest.approx(recorded["kl"], abs=0.05)
 
@@ -56,6 +61,9 @@ def test_every_bundled_model_serves_side_by_side(bundled_client: TestClient) -> 
     models = {m["name"]: m for m in bundled_client.get("/models").json()["models"]}
     assert set(models) == {"fashion-mnist", "fashion-mnist-sharp", "shapes"}
     assert all(m["state"] == "ready" for m in models.values())
+    default = bundled_client.get("/model").json()
+    assert default["name"] == "fashion-mnist"
+    assert default["prior"]["fit"] == "learned" and default["prior"]["components"] == 30
     answer = bundled_client.get(
         "/models/shapes/sample", params={"n": 2, "seed": 1, "format": "png"}
     )

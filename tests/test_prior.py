@@ -18,11 +18,11 @@ from model.prior import (
     COVARIANCE_TYPES,
     PRIOR_PREFIX,
     FittedPrior,
-    attach_prior,
     fit_prior,
     posterior_means,
     sample_latents,
 )
+from model.prior_files import attach_prior
 from model.train import main as train_main
 
 TRUE_MEANS = torch.tensor([[-6.0, 0.0], [0.0, 6.0], [6.0, -3.0]])
@@ -125,6 +125,10 @@ def corrupt(tensors: dict[str, torch.Tensor], meta: dict[str, Any], how: str) ->
         meta["covariance_type"] = "banded"
     elif how == "components mismatch":
         meta["components"] = 5
+    elif how == "unknown fit":
+        meta["fit"] = "guessed"
+    elif how == "unknown key":
+        meta["origin"] = "elsewhere"
 
 
 CORRUPTIONS = {
@@ -135,6 +139,8 @@ CORRUPTIONS = {
     "missing tensor": "are not",
     "bad covariance type": "covariance_type",
     "components mismatch": "weights has shape",
+    "unknown fit": "fit 'guessed' is not one of",
+    "unknown key": "may hold fit",
 }
 
 

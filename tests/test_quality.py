@@ -16,7 +16,8 @@ from model import WeightsError, load_weights
 from model.classifier import Classifier, load_classifier
 from model.classifier import main as classifier_main
 from model.evaluate import main as evaluate_main
-from model.prior import attach_prior, fit_prior
+from model.prior import fit_prior
+from model.prior_files import attach_prior
 from model.quality import (
     FeatureStats,
     class_coverage,

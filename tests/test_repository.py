@@ -29,7 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from model import VAE, VAEConfig, save_weights
-from model.prior import attach_prior, fit_prior
+from model.prior import fit_prior
+from model.prior_files import attach_prior
 from service.main import create_app
 from service.repository import ModelRepository
 from service.settings import Settings
