@@ -19,7 +19,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -27,9 +27,8 @@ from torch import Tensor
 
 from model import VAE, Checkpoint
 from model.export import INSTALL_HINT, ExportError, OnnxExport, cached_export, check_export
-from service.settings import BackendChoice
+from service.settings import BackendChoice, BackendName
 
-BackendName = Literal["torch", "onnxruntime"]
 Outputs = tuple[Tensor, ...]
 logger = logging.getLogger("service")
 LOAD_CHECK_BATCHES = (1, 3)  # at every load: cheap, and catches a stale or altered graph

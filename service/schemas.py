@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from service.settings import BackendName
+
 # A 28 x 28 grey PNG (a light bar on black), base64-encoded: a valid example input.
 EXAMPLE_PNG = (
     "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAHklEQVR42mNgGEqAEc46AWdZwBhM+HSOSg5GyaEF"
@@ -175,9 +177,7 @@ class ModelInfo(BaseModel):
     sha256: str
     format_version: int
     device: str
-    backend: Literal["torch", "onnxruntime"] = Field(
-        description="What runs the forward passes (VAE_BACKEND)"
-    )
+    backend: BackendName = Field(description="What runs the forward passes (VAE_BACKEND)")
     latent_dim: int
     image_size: int
     channels: int

@@ -20,6 +20,8 @@ from model.pretrained import DEFAULT_WEIGHTS
 
 ENV_PREFIX = "VAE_"
 # What VAE_BACKEND may say: a backend, or "auto" (onnxruntime where it can run, else torch).
+# What runs a model's forward passes, and what VAE_BACKEND may name (auto picks one).
+BackendName = Literal["torch", "onnxruntime"]
 BackendChoice = Literal["auto", "torch", "onnxruntime"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 

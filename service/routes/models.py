@@ -16,6 +16,7 @@ from service.errors import Forbidden, ModelNotFound, Unprocessable
 from service.model_entries import Entry, UnknownModel
 from service.routes.ops import describe
 from service.schemas import ModelInfo, Status
+from service.settings import BackendName
 
 router = APIRouter(tags=["models"])
 
@@ -30,7 +31,7 @@ class ModelSummary(BaseModel):
     sha256: str | None = Field(description="SHA-256 of the file of the version serving")
     image_shape: list[int] | None = Field(description="C, H, W", examples=[[1, 28, 28]])
     latent_dim: int | None
-    backend: Literal["torch", "onnxruntime"] | None = Field(
+    backend: BackendName | None = Field(
         description="What runs the version serving (VAE_BACKEND); null if none serves"
     )
     prior: Literal["standard", "fitted"] | None = Field(
