@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory of the IDX files (default: the Debian package's)")
     p.add_argument("--limit-train", type=int, help="use only the first N training images")
     p.add_argument("--components", type=int, default=30, help="mixture components")
-    p.add_argument("--epochs", type=int, default=3, help="epochs of joint training")
+    p.add_argument("--epochs", type=int, default=5, help="epochs of joint training")
     p.add_argument("--lr", type=float, default=3e-4, help="Adam's learning rate, cosine-decayed")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0, help="seed of the draws, EM and batch order")
