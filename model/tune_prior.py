@@ -56,9 +56,11 @@ class LearnedPrior(nn.Module):
 
     @torch.no_grad()
     def fitted(self, train_loglik: float, n_fit: int) -> FittedPrior:
-        weights = torch.softmax(self.logits, dim=0)
-        tensors = (t.detach().float().cpu() for t in (weights, self.means, self.scale_tril()))
-        return FittedPrior(*tensors, "full", train_loglik, n_fit, fit="learned")
+        weights, means, tril = (
+            t.detach().float().cpu()
+            for t in (torch.softmax(self.logits, dim=0), self.means, self.scale_tril())
+        )
+        return FittedPrior(weights, means, tril, "full", train_loglik, n_fit, fit="learned")
 
 
 def build_parser() -> argparse.ArgumentParser:
