@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
@@ -37,7 +37,9 @@ PRIOR_PREFIX = "prior."
 PRIOR_TENSORS = ("weights", "means", "scale_tril")
 COVARIANCE_TYPES = ("full", "diag", "tied", "spherical")
 PRIOR_METADATA = ("components", "covariance_type", "train_loglik", "n_fit")
-FITS = ("means", "learned")
+# What a mixture is to its model (see the module docstring).
+PriorFit = Literal["means", "learned"]
+FITS: tuple[PriorFit, ...] = get_args(PriorFit)
 # Mixture weights are stored in float32; their sum may drift from 1 by rounding only.
 WEIGHT_SUM_TOLERANCE = 1e-4
 
@@ -58,7 +60,7 @@ class FittedPrior:
     covariance_type: str
     train_loglik: float
     n_fit: int
-    fit: str = "means"
+    fit: PriorFit = "means"
 
     @property
     def learned(self) -> bool:
@@ -82,12 +84,6 @@ class FittedPrior:
             self.train_loglik,
             self.n_fit,
             self.fit,
-        )
-
-    def distribution(self) -> MixtureSameFamily:
-        return MixtureSameFamily(
-            Categorical(probs=self.weights),
-            MultivariateNormal(self.means, scale_tril=self.scale_tril),
         )
 
     def log_prob(self, z: Tensor) -> Tensor:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +96,7 @@ def posterior_draws(model: VAE, images: Tensor, seed: int, device: torch.device)
 
 
 def tune_epoch(
-    model: VAE, prior: LearnedPrior, batches: Tensor, images: Tensor, step: Any
+    model: VAE, prior: LearnedPrior, batches: Tensor, images: Tensor, step: Callable[[Tensor], None]
 ) -> float:
     """One pass over ``batches`` (rows of image indices); the mean −ELBO it trained on."""
     model.train()

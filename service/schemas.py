@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from model.prior import PriorFit
 from service.settings import BackendName
 
 # A 28 x 28 grey PNG (a light bar on black), base64-encoded: a valid example input.
@@ -164,7 +165,7 @@ class FittedPriorInfo(BaseModel):
         examples=[48.51],
     )
     n_fit: int = Field(description="Training images it was fitted to", examples=[60000])
-    fit: Literal["means", "learned"] = Field(
+    fit: PriorFit = Field(
         "means",
         description="means: fitted to posterior means after training, for sampling only; "
         "learned: trained with the model on its ELBO (vae-tune-prior), the model's own prior",

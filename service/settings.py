@@ -19,10 +19,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from model.pretrained import DEFAULT_WEIGHTS
 
 ENV_PREFIX = "VAE_"
-# What VAE_BACKEND may say: a backend, or "auto" (onnxruntime where it can run, else torch).
-# What runs a model's forward passes, and what VAE_BACKEND may name (auto picks one).
+# What runs a model's forward passes; VAE_BACKEND names one, or "auto" (onnxruntime where
+# it can run, else torch).
 BackendName = Literal["torch", "onnxruntime"]
-BackendChoice = Literal["auto", "torch", "onnxruntime"]
+BackendChoice = Literal["auto", BackendName]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
