@@ -76,9 +76,13 @@ async def get_runtime(request: Request) -> ModelRuntime:
     return version.runtime
 
 
-async def get_app_settings(request: Request) -> Settings:
+def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+async def get_app_settings(request: Request) -> Settings:
+    return settings_of(request)
 
 
 def media_type(request: Request) -> str:

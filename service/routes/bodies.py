@@ -10,20 +10,21 @@ import asyncio
 import base64
 import math
 import re
-from typing import Annotated, TypeVar
+from typing import TypeVar
 
 import torch
-from fastapi import Depends, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from torch import Tensor
 
-from service.deps import AppSettings, Runtime, media_type
+from service.deps import media_type
 from service.errors import BadImage, Unprocessable, UnsupportedMediaType
 from service.imaging import decode_images, png_pixels
 from service.npy import MEDIA_TYPE as NPY_MEDIA_TYPE
 from service.npy import NpyError, parse_images
+from service.runtime import ModelRuntime
 from service.schemas import EncodeRequest
 from service.settings import Settings, env_name
 
@@ -109,7 +110,7 @@ def decode_inline(blobs: list[bytes]) -> bool:
     return None not in pixels and sum(p or 0 for p in pixels) <= INLINE_DECODE_PIXELS
 
 
-async def images_tensor(blobs: list[bytes], runtime: Runtime, settings: Settings) -> Tensor:
+async def images_tensor(blobs: list[bytes], runtime: ModelRuntime, settings: Settings) -> Tensor:
     """Decode to the model's channels and size; off the event loop unless small."""
     cfg = runtime.config
     args = (blobs, cfg.image_size, cfg.channels, settings.max_pixels_per_image)
@@ -118,7 +119,7 @@ async def images_tensor(blobs: list[bytes], runtime: Runtime, settings: Settings
     return torch.from_numpy(await asyncio.to_thread(decode_images, *args))
 
 
-def array_images(body: bytes, runtime: Runtime, settings: Settings) -> Tensor:
+def array_images(body: bytes, runtime: ModelRuntime, settings: Settings) -> Tensor:
     """An application/x-npy body, checked from its header before its data is read."""
     cfg = runtime.config
     try:
@@ -127,7 +128,7 @@ def array_images(body: bytes, runtime: Runtime, settings: Settings) -> Tensor:
         raise (BadImage if exc.status_code == 400 else Unprocessable)(str(exc)) from None
 
 
-async def request_images(request: Request, runtime: Runtime, settings: AppSettings) -> Tensor:
+async def request_images(request: Request, runtime: ModelRuntime, settings: Settings) -> Tensor:
     """The request's images as an N x C x H x W tensor in [0, 1]."""
     if media_type(request) == NPY_MEDIA_TYPE:
         return array_images(await request.body(), runtime, settings)
@@ -153,6 +154,3 @@ def latents_tensor(
             f"a latent value of size {largest:g} is over {max_abs:g} ({env_name('max_abs_latent')})"
         )
     return z.float()
-
-
-Images = Annotated[Tensor, Depends(request_images)]

@@ -17,21 +17,28 @@ from pydantic import BaseModel
 from torch import Tensor
 
 from service.api_docs import IMAGE_PAIR, NPY_RESPONSE, PNG_RESPONSE, error_responses, image_body
-from service.deps import AppSettings, Runtime, media_type, require_json
+from service.deps import AppSettings, Runtime, get_runtime, media_type, require_json, settings_of
 from service.errors import Unprocessable
 from service.imaging import encode_base64_pngs, encode_grid_png
 from service.npy import MEDIA_TYPE as NPY_MEDIA_TYPE
 from service.npy import images_to_npy, to_npy
 from service.routes.bodies import (
     IMAGE_MEDIA_TYPES,
-    Images,
     check_limit,
     from_base64,
     images_tensor,
     latents_tensor,
     multipart_blobs,
     parse_json,
+    request_images,
     unsupported,
+)
+from service.routes.query import (
+    EncodeQuery,
+    ReconstructQuery,
+    SampleQuery,
+    query_doc,
+    read_query,
 )
 from service.runtime import ModelRuntime, draw_posterior
 from service.schemas import (
@@ -51,6 +58,7 @@ from service.schemas import (
 router = APIRouter(tags=["model"])
 JSON = "application/json"
 IMAGES_OR_ARRAY = "Images as multipart parts named 'images', JSON, or one .npy array"
+IMAGE_BODY = image_body(EncodeRequest, IMAGES_OR_ARRAY, npy=True)
 
 IMAGE_ERRORS = error_responses(400, 401, 413, 415, 422, 503, 504)
 # FastAPI reads /decode's body itself, and answers 400 for bytes that are not text
@@ -58,12 +66,6 @@ IMAGE_ERRORS = error_responses(400, 401, 413, 415, 422, 503, 504)
 DECODE_ERRORS = error_responses(
     400, 401, 413, 415, 422, 503, 504, meanings={400: "A body that is not UTF-8 text"}
 )
-Seed = Annotated[
-    int | None,
-    Query(
-        ge=0, le=2**63 - 1, description="Seed of the random draws; chosen and returned if absent"
-    ),
-]
 Format = Annotated[
     ImageFormat,
     Query(
@@ -111,32 +113,24 @@ async def reply_with_images(
     response_model=EncodeResponse,
     response_model_exclude_none=True,
     responses={**NPY_RESPONSE, **IMAGE_ERRORS},
-    openapi_extra=image_body(EncodeRequest, IMAGES_OR_ARRAY, npy=True),
+    openapi_extra=IMAGE_BODY | query_doc(EncodeQuery),
 )
-async def encode(
-    images: Images,
-    runtime: Runtime,
-    sample: Annotated[bool, Query(description="Also return one draw z from each q(z|x)")] = False,
-    seed: Seed = None,
-    fmt: Annotated[
-        EncodeFormat,
-        Query(alias="format", description="json, or npy: float32 N×2×D (N×3×D with z)"),
-    ] = EncodeFormat.json,
-) -> Response:
+async def encode(request: Request) -> Response:
     """Mean and log-variance of q(z|x) for each image, in order. Image files are converted
     to the model's channels and resized to its image size; .npy arrays must have it."""
-    posterior = await runtime.encode(images)
+    runtime, query = await get_runtime(request), read_query(request, EncodeQuery)
+    posterior = await runtime.encode(await request_images(request, runtime, settings_of(request)))
     rows = {"mean": posterior.mean, "logvar": posterior.logvar}
     headers = {}
-    if sample:
-        chosen = choose_seed(seed)
+    if query.sample:
+        chosen = choose_seed(query.seed)
         rows["z"] = draw_posterior(posterior, chosen)
         headers["X-Seed"] = str(chosen)
-    if fmt is EncodeFormat.npy:
+    if query.fmt is EncodeFormat.npy:
         return Response(to_npy(torch.stack(list(rows.values()), 1)), 200, headers, NPY_MEDIA_TYPE)
     # orjson writes the float32 arrays directly: no Python lists, no model validation.
     body = {"latent_dim": runtime.config.latent_dim, **{k: v.numpy() for k, v in rows.items()}}
-    if sample:
+    if query.sample:
         body["seed"] = chosen
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), 200, headers, JSON)
 
@@ -162,14 +156,14 @@ async def decode(
     "/reconstruct",
     response_model=DecodeResponse,
     responses={**PNG_RESPONSE, **IMAGE_ERRORS},
-    openapi_extra=image_body(EncodeRequest, IMAGES_OR_ARRAY, npy=True),
+    openapi_extra=IMAGE_BODY | query_doc(ReconstructQuery),
 )
-async def reconstruct(
-    images: Images, runtime: Runtime, fmt: Format = ImageFormat.json
-) -> BaseModel | Response:
+async def reconstruct(request: Request) -> BaseModel | Response:
     """Each image through the encoder's mean and back through the decoder."""
+    runtime, query = await get_runtime(request), read_query(request, ReconstructQuery)
+    images = await request_images(request, runtime, settings_of(request))
     recon = await runtime.reconstruct(images)
-    return await reply_with_images(recon, fmt, lambda pngs: DecodeResponse(images=pngs))
+    return await reply_with_images(recon, query.fmt, lambda pngs: DecodeResponse(images=pngs))
 
 
 async def interpolation_ends(request: Request, runtime: Runtime, settings: AppSettings) -> Tensor:
@@ -231,39 +225,23 @@ async def interpolate(
     "/sample",
     response_model=SampleResponse,
     responses={**PNG_RESPONSE, **error_responses(401, 422, 503, 504)},
+    openapi_extra=query_doc(SampleQuery),
 )
-async def sample(
-    runtime: Runtime,
-    settings: AppSettings,
-    n: Annotated[
-        int,
-        Query(ge=1, description="How many images", json_schema_extra=live(maximum="max_sample_n")),
-    ] = 16,
-    seed: Seed = None,
-    temperature: Annotated[
-        float, Query(ge=0.0, le=10.0, allow_inf_nan=False, description="Prior std")
-    ] = 1.0,
-    fmt: Format = ImageFormat.json,
-    prior: Annotated[
-        PriorName | None,
-        Query(
-            description="standard: N(0, I); fitted: the weights' mixture (the default if any)",
-            json_schema_extra=live(enum="priors"),
-        ),
-    ] = None,
-) -> BaseModel | Response:
+async def sample(request: Request) -> BaseModel | Response:
     """n latents from the prior, decoded: N(0, temperature^2 I), or the fitted mixture with
     each draw's deviation from its component mean scaled by temperature. The same seed
     gives the same PNGs byte for byte on the same device; with ?format=png|npy the seed is
     in X-Seed and the prior in X-Prior."""
-    check_limit(n, settings.max_sample_n, "n", "max_sample_n")
-    used, chosen = choose_prior(prior, runtime), choose_seed(seed)
-    z, images = await runtime.sample(n, temperature, chosen, used is PriorName.fitted)
+    runtime, query = await get_runtime(request), read_query(request, SampleQuery)
+    limit = settings_of(request).max_sample_n
+    check_limit(query.n, limit, "n", "max_sample_n")
+    used, chosen = choose_prior(query.prior, runtime), choose_seed(query.seed)
+    z, images = await runtime.sample(query.n, query.temperature, chosen, used is PriorName.fitted)
     return await reply_with_images(
         images,
-        fmt,
+        query.fmt,
         lambda pngs: SampleResponse(
-            prior=used, seed=chosen, temperature=temperature, z=z.tolist(), images=pngs
+            prior=used, seed=chosen, temperature=query.temperature, z=z.tolist(), images=pngs
         ),
         headers={"X-Seed": str(chosen), "X-Prior": used.value},
     )
