@@ -1,7 +1,10 @@
-"""Request dependencies: the model version that answers, and the settings.
+"""How a request reaches the model version that answers, and the settings.
 
-They are ``async def`` although most never await: FastAPI runs a plain ``def``
-dependency on its thread pool, a thread hop per dependency per request.
+The light routes take them as FastAPI dependencies (``Runtime``, ``Repository``); the
+model routes call ``get_runtime`` and ``settings_of`` themselves, which is cheaper
+(service/routes/query.py). The dependencies are ``async def`` although most never
+await: FastAPI runs a plain ``def`` dependency on its thread pool, a thread hop per
+dependency per request.
 """
 
 from __future__ import annotations
@@ -81,16 +84,12 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
-async def get_app_settings(request: Request) -> Settings:
-    return settings_of(request)
-
-
 def media_type(request: Request) -> str:
     """The request's content type without parameters, lower-cased ('' if none)."""
     return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-async def require_json(request: Request) -> None:
+def require_json(request: Request) -> None:
     """415 unless the body is declared as JSON."""
     if media_type(request) != "application/json":
         raise UnsupportedMediaType(
@@ -100,4 +99,3 @@ async def require_json(request: Request) -> None:
 
 Runtime = Annotated[ModelRuntime, Depends(get_runtime)]
 Repository = Annotated[ModelRepository, Depends(get_repository)]
-AppSettings = Annotated[Settings, Depends(get_app_settings)]

@@ -50,7 +50,19 @@ class EncodeQuery(Query):
     )
 
 
-class ReconstructQuery(Query):
+class ImagesQuery(Query):
+    """/decode's and /reconstruct's."""
+
+    fmt: Format = ImageFormat.json
+
+
+class InterpolateQuery(Query):
+    steps: int = Field(
+        8,
+        ge=2,
+        description="Points on the line, both ends included",
+        json_schema_extra=live(maximum="max_interpolation_steps"),
+    )
     fmt: Format = ImageFormat.json
 
 
