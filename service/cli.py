@@ -168,6 +168,27 @@ class Supervisor(Multiprocess):
         super().handle_int()
 
 
+def server_options(settings: Settings) -> dict[str, typing.Any]:
+    """uvicorn's options, the same for one process and for each worker."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_config": server_log_config(settings.log_level),
+        "log_level": settings.log_level,
+        "access_log": False,  # the service writes its own JSON line per request
+        "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+        # Clients and proxies must close idle connections, not the server: with both
+        # at 5 s (uvicorn's and httpx's defaults) a client reused a connection the
+        # server was closing, and the request failed (ReadError).
+        "timeout_keep_alive": settings.keep_alive_s,
+        # asyncio's own loop, not uvloop: libuv accepts one connection per loop turn
+        # (libuv PR 3696), so under load a burst of new connections waited seconds in
+        # the listen backlog (BENCHMARKS.md, "Accepting bursts of connections");
+        # asyncio accepts the whole backlog at once, at the same CPU per request here.
+        "loop": "asyncio",
+    }
+
+
 def serve_workers(settings: Settings) -> None:
     """``--workers`` > 1: the supervisor, the shared socket and N worker processes."""
     folder, ours = metrics_folder()
@@ -181,14 +202,8 @@ def serve_workers(settings: Settings) -> None:
         "service.cli:worker_app",
         factory=True,
         workers=settings.workers,
-        host=settings.host,
-        port=settings.port,
-        log_config=server_log_config(settings.log_level),
-        log_level=settings.log_level,
-        access_log=False,
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-        timeout_keep_alive=settings.keep_alive_s,
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+        **server_options(settings),
     )
     supervisor = Supervisor(config, sockets=[config.bind_socket()])
     try:
@@ -214,19 +229,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda signum, frame: None)
     logging.captureWarnings(True)  # as JSON lines too, through "py.warnings"
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=server_log_config(settings.log_level),
-        log_level=settings.log_level,
-        access_log=False,  # the service writes its own JSON line per request
-        timeout_graceful_shutdown=settings.graceful_shutdown_s,
-        # Clients and proxies must close idle connections, not the server: with both
-        # at 5 s (uvicorn's and httpx's defaults) a client reused a connection the
-        # server was closing, and the request failed (ReadError).
-        timeout_keep_alive=settings.keep_alive_s,
-    )
+    uvicorn.run(app, **server_options(settings))
 
 
 if __name__ == "__main__":

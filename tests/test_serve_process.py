@@ -81,3 +81,18 @@ def test_keep_alive_flag_sets_the_idle_timeout(
         assert 0.8 < time.monotonic() - idle_from < 3
     finally:
         conn.close()
+
+
+def test_one_process_and_workers_run_on_asyncios_loop(
+    monkeypatch: Any, tiny_weights: Path
+) -> None:
+    """Not uvloop: libuv accepts one connection per loop turn, and under load a burst of
+    new connections waited seconds in the listen backlog (client timeouts at c=1,000)."""
+    from service import cli
+
+    seen: list[dict[str, Any]] = []
+    monkeypatch.setattr(cli.uvicorn, "run", lambda app, **options: seen.append(options))
+    cli.main(["--weights", str(tiny_weights), "--device", "cpu"])
+    settings = Settings(weights=tiny_weights, workers=2)
+    assert seen[0] == cli.server_options(Settings(weights=tiny_weights, device="cpu"))
+    assert seen[0]["loop"] == cli.server_options(settings)["loop"] == "asyncio"
