@@ -22,6 +22,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import typing
@@ -189,6 +190,15 @@ def server_options(settings: Settings) -> dict[str, typing.Any]:
     }
 
 
+def tcp_socket(sock: socket.socket) -> socket.socket:
+    """``sock`` with its protocol named: asyncio sets TCP_NODELAY only on accepted sockets
+    whose protocol is IPPROTO_TCP, and uvicorn binds with protocol 0. Without it each
+    answer's body waited for the client's delayed ACK of its head: 44 ms a request."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return sock
+    return socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+
+
 def serve_workers(settings: Settings) -> None:
     """``--workers`` > 1: the supervisor, the shared socket and N worker processes."""
     folder, ours = metrics_folder()
@@ -205,7 +215,7 @@ def serve_workers(settings: Settings) -> None:
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
         **server_options(settings),
     )
-    supervisor = Supervisor(config, sockets=[config.bind_socket()])
+    supervisor = Supervisor(config, sockets=[tcp_socket(config.bind_socket())])
     try:
         supervisor.run()
     finally:
