@@ -83,9 +83,7 @@ def test_keep_alive_flag_sets_the_idle_timeout(
         conn.close()
 
 
-def test_one_process_and_workers_run_on_asyncios_loop(
-    monkeypatch: Any, tiny_weights: Path
-) -> None:
+def test_one_process_and_workers_run_on_asyncios_loop(monkeypatch: Any, tiny_weights: Path) -> None:
     """Not uvloop: libuv accepts one connection per loop turn, and under load a burst of
     new connections waited seconds in the listen backlog (client timeouts at c=1,000)."""
     from service import cli
