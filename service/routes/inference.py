@@ -2,8 +2,7 @@
 
 Each handler parses its request, makes one call on the runtime, and builds the answer.
 They read their query string, model and body themselves, not through FastAPI's
-dependency solving, a tenth of the event loop's time per request before
-(service/routes/query.py).
+dependency solving, which cost the event loop more (service/routes/query.py).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Query strings of the model routes, read by hand: one pydantic model per route,
 validated in one call.
 
-FastAPI's dependency solving validates each query parameter on its own and cost the
-event loop about 40 µs a request on /encode and /sample, a tenth of its time per request
-(BENCHMARKS.md, "Cheaper requests"). The models also document the parameters in
-/openapi.json (``query_doc``), so the document and the validation cannot drift apart.
+FastAPI's dependency solving validates each query parameter and dependency on its own:
+reading them here cut the event loop's CPU by 90-180 µs a request on /encode and
+/sample (BENCHMARKS.md, "Query strings read by hand on the model routes"). The models
+also document the parameters in /openapi.json (``query_doc``), so the document and the
+validation cannot drift apart.
 """
 
 from __future__ import annotations
@@ -103,6 +104,8 @@ def query_doc(model: type[BaseModel]) -> dict[str, Any]:
         (kept,) = branches
         parameter_schema = {**resolve(kept, definitions), **field}
         parameter_schema.pop("$ref", None)
+        if parameter_schema.get("default", 0) is None:  # absent, as it cannot be null
+            del parameter_schema["default"]
         parameters.append(
             {"name": name, "in": "query", "required": False, "schema": parameter_schema}
             | ({"description": description} if description else {})
