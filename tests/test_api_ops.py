@@ -102,8 +102,11 @@ def test_openapi_documents_bodies_and_examples(client: TestClient) -> None:
     assert {"multipart/form-data", "application/json"} <= set(encode_body)
     assert "examples" in encode_body["application/json"]["schema"]["properties"]["images"]
     schemas = spec["components"]["schemas"]
-    for name in ("DecodeRequest", "EncodeResponse", "SampleResponse", "ModelInfo"):
+    for name in ("EncodeResponse", "SampleResponse", "ModelInfo"):
         assert name in schemas
+    decode_body = spec["paths"]["/decode"]["post"]["requestBody"]["content"]["application/json"]
+    assert decode_body["schema"]["title"] == "DecodeRequest"  # written in place, like /encode's
+    assert decode_body["schema"]["required"] == ["z"]
     assert "413" in spec["paths"]["/encode"]["post"]["responses"]
 
 
