@@ -46,12 +46,18 @@ def check_limit(count: int, limit: int, what: str, setting: str) -> None:
         raise Unprocessable(f"{what} is {count}; the limit is {limit} ({env_name(setting)})")
 
 
+def invalid_request(exc: ValidationError, *location: str) -> RequestValidationError:
+    """FastAPI's 422 list for ``exc``, each error's location under ``location``."""
+    errors = exc.errors(include_url=False)
+    return RequestValidationError([{**e, "loc": (*location, *e["loc"])} for e in errors])
+
+
 async def parse_json(request: Request, model: type[M]) -> M:
     """The body validated as ``model``; errors as FastAPI's 422 list."""
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
-        raise RequestValidationError(exc.errors(include_url=False)) from None
+        raise invalid_request(exc) from None
 
 
 def unsupported(request: Request, accepted: tuple[str, ...]) -> UnsupportedMediaType:

@@ -10,15 +10,13 @@ validation cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.routes.bodies import M, invalid_request
 from service.schemas import EncodeFormat, ImageFormat, PriorName, live
-
-Q = TypeVar("Q", bound=BaseModel)
 
 
 class Query(BaseModel):
@@ -81,14 +79,13 @@ class SampleQuery(Query):
     )
 
 
-def read_query(request: Request, model: type[Q]) -> Q:
+def read_query(request: Request, model: type[M]) -> M:
     """The query string as ``model``; errors as FastAPI's 422 list, located in the query.
     A repeated parameter counts once, its last value, as in FastAPI."""
     try:
         return model.model_validate(dict(request.query_params))
     except ValidationError as exc:
-        errors = [{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]
-        raise RequestValidationError(errors) from None
+        raise invalid_request(exc, "query") from None
 
 
 def query_doc(model: type[BaseModel]) -> dict[str, Any]:
