@@ -11,10 +11,14 @@
 #   2. installs .whl/*.whl into /tmp/site (the project itself runs from this source tree);
 #   3. checks that every requirement of the service and its tests is met, and imports it;
 #   4. runs the CUDA tests (pytest -m cuda, tests/test_cuda.py) and the API tests (CPU);
-#   5. runs the throughput benchmark on cuda in fp32 and in bf16, short measurements.
+#   5. runs the throughput benchmark on cuda in fp32, short measurements;
+#   6. compares 1, 2, 4 and 8 worker processes (benchmarks/workers.py) on cuda;
+#   7. runs the throughput benchmark in bf16.
+# The load generator is wrk when gpu_wheels.sh carried it (.whl/bin/wrk), else httpx.
 # A failed step is recorded and the next one runs all the same. OUTDIR (default
 # gpu-check-out) gets gpu-check.md (the summary with both benchmark reports),
-# gpu-check.log (everything printed) and bench-cuda-fp32.md, bench-cuda-bf16.md.
+# gpu-check.log (everything printed), bench-cuda-fp32.md, bench-cuda-bf16.md and
+# workers-cuda.md.
 # Exit status: 0 when every step passed, 1 when one failed, 3 without torch or CUDA, 2 on
 # misuse (no wheels to install, say).
 #
@@ -26,6 +30,7 @@
 #   GPU_CHECK_PRECISIONS           default "fp32 bf16" on cuda, "fp32" on cpu
 #   GPU_CHECK_SECONDS=3            length of each benchmark measurement
 #   GPU_CHECK_SOAK=2000            requests in the benchmark's memory soak (0: none)
+#   GPU_CHECK_WORKERS=1,2,4,8      worker counts to compare (empty: leave the step out)
 #   GPU_CHECK_BUDGET_S=450         each step's limit is cut to what is left of this
 set -euo pipefail
 
@@ -46,6 +51,7 @@ if [ "$DEVICE" = cpu ]; then PRECISIONS=${GPU_CHECK_PRECISIONS:-fp32}; else
 BENCH_SECONDS=${GPU_CHECK_SECONDS:-3}
 BUDGET=${GPU_CHECK_BUDGET_S:-450}  # no step runs past it, so the whole check ends in 8 minutes
 SOAK=${GPU_CHECK_SOAK:-2000}
+WORKERS=${GPU_CHECK_WORKERS-1,2,4,8}
 SUMMARY=$OUTDIR/gpu-check.md
 LOG=$OUTDIR/gpu-check.log
 export PYTHONUNBUFFERED=1
@@ -70,13 +76,18 @@ write_summary() {  # write_summary [WHY]: gpu-check.md from what has run so far
     echo "Total: ${SECONDS} s. Everything printed: gpu-check.log."
     grep -E '^=* *[0-9]+ (passed|failed|skipped|errors?|deselected)[ ,].* in [0-9.]+s' "$LOG" 2>/dev/null \
       | sed 's/^=* */- pytest: /; s/ *=*$//' || true
+    local p report
     for p in $PRECISIONS; do
-      local report=$OUTDIR/bench-$DEVICE-$p.md
+      report=$OUTDIR/bench-$DEVICE-$p.md
       if [ -f "$report" ]; then
         printf '\n## Benchmark: %s, %s\n\n' "$DEVICE" "$p"
         sed '1,2{/^# /d;/^$/d}' "$report"
       fi
     done
+    if [ -f "$OUTDIR/workers-$DEVICE.md" ]; then
+      printf '\n## Worker processes: %s, fp32\n\n' "$DEVICE"
+      cat "$OUTDIR/workers-$DEVICE.md"
+    fi
   } >"$SUMMARY"
 }
 
@@ -151,6 +162,20 @@ install_wheels() {
   step "install ${#wheels[@]} wheels" 60 "$PYTHON" -m pip install -q --no-index --no-deps \
     --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}"
   export PYTHONPATH=$SITE:$ROOT
+  if [ -f "$WHEELS/bin/wrk" ]; then  # carried by gpu_wheels.sh; a copy may lose its x bit
+    chmod +x "$WHEELS/bin/wrk" "$WHEELS/lib/wrk"
+    # wrk -v exits 1 after its banner, so what it prints says whether it runs
+    if "$WHEELS/bin/wrk" -v 2>&1 | grep -q '^wrk '; then export PATH=$(cd "$WHEELS/bin" && pwd):$PATH
+    else echo "=== the carried wrk does not run: $("$WHEELS/bin/wrk" -v 2>&1 | head -n3)"; fi
+  fi
+  echo "=== load generator: $(command -v wrk >/dev/null && wrk -v 2>&1 | head -n1 || echo httpx)"
+}
+
+workers() {  # workers: benchmarks/workers.py's table, when GPU_CHECK_WORKERS names counts
+  if [ -z "$WORKERS" ]; then return; fi
+  step "worker processes $WORKERS, $DEVICE fp32" 150 bash -c '"$1" -m benchmarks.workers \
+    --device "$2" --workers "$3" --seconds "$4" >"$5.tmp" && mv "$5.tmp" "$5"' _ "$PYTHON" \
+    "$DEVICE" "$WORKERS" "$BENCH_SECONDS" "$OUTDIR/workers-$DEVICE.md"
 }
 
 bench() {  # bench PRECISION
@@ -170,14 +195,17 @@ main() {
     --timeout 120 -m cuda tests/test_cuda.py
   step "API tests (CPU: the wheels at work)" 60 "$PYTHON" -m pytest -p no:cacheprovider -q \
     --timeout 60 tests/test_api_inference.py
-  for p in $PRECISIONS; do bench "$p"; done
+  for p in $PRECISIONS; do
+    bench "$p"
+    if [ "$p" = fp32 ]; then workers; fi
+  done
   write_summary
   echo
   echo "=== done in $SECONDS s: $([ "$FAILED" = 0 ] && echo 'every step passed' || echo 'a step FAILED')"
-  echo "=== wrote $SUMMARY, $LOG$(for p in $PRECISIONS; do printf ', %s' "$OUTDIR/bench-$DEVICE-$p.md"; done)"
+  echo "=== wrote $SUMMARY, $LOG and the reports beside them:" $(cd "$OUTDIR" && ls bench-*.md workers-*.md 2>/dev/null)
   return "$FAILED"
 }
 
 : >"$LOG"
-rm -f "$OUTDIR"/bench-*.md  # an earlier run's reports would pass for this run's
+rm -f "$OUTDIR"/bench-*.md "$OUTDIR"/workers-*.md  # an earlier run's reports would pass for this run's
 main 2>&1 | tee -a "$LOG"

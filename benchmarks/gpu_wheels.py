@@ -3,7 +3,10 @@
 The GPU machines (no internet) have Python 3.12 with PyTorch and many packages already
 (benchmarks/gpu_image_packages.txt). The service and its tests need more: the closure of
 pyproject.toml's dependencies and its ``test`` extra, through each package's declared
-requirements, stopping at packages the image already has. The versions are constraints.txt's.
+requirements, stopping at packages the image already has, unless the image's version is one a
+requirement rules out (the list records such versions). The versions are constraints.txt's.
+Two test requirements stay behind (``LEFT_BEHIND``): only tests the check does not run use
+them, and their wheels alone (74 MiB) would not fit the 64 MiB the working tree may carry.
 
     python -m benchmarks.gpu_wheels list    # NAME==VERSION, one a line (gpu_wheels.sh)
     python -m benchmarks.gpu_wheels check   # on the GPU machine: every requirement met?
@@ -38,6 +41,11 @@ TARGET = {
     "platform_machine": "x86_64",
     "os_name": "posix",
 }
+# Test requirements the GPU check does not carry, and the tests that use them.
+LEFT_BEHIND = {
+    "playwright": "the browser tests (tests/test_playground_browser*.py)",
+    "kubernetes-validate": "the Kubernetes manifest tests (tests/test_k8s.py)",
+}
 
 
 def normalize(name: str) -> str:
@@ -45,19 +53,32 @@ def normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def names_in(path: Path) -> set[str]:
-    """One name a line; # starts a comment."""
+def listed(path: Path) -> dict[str, str | None]:
+    """One package a line, NAME or NAME==VERSION; # starts a comment."""
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return {normalize(line) for line in lines if line}
+    pairs = (line.partition("==") for line in lines if line)
+    return {normalize(name.strip()): version.strip() or None for name, _, version in pairs}
 
 
 def image_packages(path: Path = IMAGE_LIST) -> set[str]:
-    return names_in(path)
+    return set(listed(path))
+
+
+def image_versions(path: Path = IMAGE_LIST) -> dict[str, str]:
+    """The image's packages whose version the list records (those that clash with ours)."""
+    return {name: version for name, version in listed(path).items() if version}
+
+
+def clashes(requirement: Requirement, versions: dict[str, str]) -> bool:
+    """Whether the image holds the package at a version ``requirement`` rules out."""
+    version = versions.get(normalize(requirement.name))
+    return version is not None and not requirement.specifier.contains(version, prereleases=True)
 
 
 def roots(pyproject: Path = ROOT / "pyproject.toml") -> list[Requirement]:
     """The project's dependencies and its test extra, with the project's own extras that
-    the test extra names (``vae-service[onnx]``) replaced by what they hold."""
+    the test extra names (``vae-service[onnx]``) replaced by what they hold, less
+    ``LEFT_BEHIND``."""
     project = tomllib.loads(pyproject.read_text())["project"]
     extras = project["optional-dependencies"]
 
@@ -70,7 +91,8 @@ def roots(pyproject: Path = ROOT / "pyproject.toml") -> list[Requirement]:
             else:
                 yield requirement
 
-    return list(expand([*project["dependencies"], *extras["test"]]))
+    wanted = expand([*project["dependencies"], *extras["test"]])
+    return [r for r in wanted if normalize(r.name) not in LEFT_BEHIND]
 
 
 def pins(constraints: Path = ROOT / "constraints.txt") -> dict[str, str]:
@@ -99,15 +121,18 @@ def requirements_of(name: str, extras: Iterable[str]) -> Iterator[Requirement]:
             yield requirement
 
 
-def closure(start: Iterable[Requirement], stop: set[str]) -> dict[str, set[str]]:
+def closure(
+    start: Iterable[Requirement], stop: set[str], versions: dict[str, str] | None = None
+) -> dict[str, set[str]]:
     """Every package ``start`` needs (name -> the extras asked of it), following installed
-    metadata, but not into packages in ``stop`` (their own needs are met already)."""
+    metadata, but not into packages in ``stop`` (their own needs are met already), unless
+    ``versions`` says the one in ``stop`` is at a version the requirement rules out."""
     found: dict[str, set[str]] = {}
     todo = [r for r in start if applies(r, ())]
     while todo:
         requirement = todo.pop()
         name = normalize(requirement.name)
-        if name in stop:
+        if name in stop and not clashes(requirement, versions or {}):
             continue
         extras = set(requirement.extras)
         if name in found and extras <= found[name]:
@@ -120,7 +145,7 @@ def closure(start: Iterable[Requirement], stop: set[str]) -> dict[str, set[str]]
 def needed() -> dict[str, str]:
     """NAME -> locked version of every package to carry to the GPU machine."""
     locked = pins()
-    wanted = closure(roots(), image_packages())
+    wanted = closure(roots(), image_packages(), image_versions())
     unpinned = sorted(set(wanted) - set(locked))
     if unpinned:
         raise SystemExit(f"not in constraints.txt: {', '.join(unpinned)}; run scripts/lock.sh")

@@ -9,6 +9,8 @@
 # Linux x86-64, PyTorch and the packages in benchmarks/gpu_image_packages.txt; the wheels
 # are every other package the service and its tests need (benchmarks/gpu_wheels.py works
 # them out from pyproject.toml), at constraints.txt's versions, one version each.
+# Where wrk is installed here, it travels too (.whl/bin/wrk, with the LuaJIT library it
+# links, and OpenSSL's), so that the check's load generator there is wrk, not one Python process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -34,6 +36,19 @@ if [ "${#got[@]}" -ne "${#wanted[@]}" ]; then
   echo "gpu_wheels.sh: ${#got[@]} wheels for ${#wanted[@]} packages in $WHEELS" >&2
   exit 1
 fi
+carry_wrk() {  # wrk and its libraries into $WHEELS/lib, and a wrapper that finds them
+  local wrk lib
+  wrk=$(command -v wrk) || { echo "wrk: not installed here; the check will use httpx"; return; }
+  lib=$(ldd "$wrk" | awk '/libluajit|libssl|libcrypto/ {print $3}')
+  mkdir -p "$WHEELS/bin" "$WHEELS/lib"
+  cp "$wrk" "$WHEELS/lib/wrk"
+  if [ -n "$lib" ]; then cp -L $lib "$WHEELS/lib/"; fi
+  printf '#!/bin/sh\nhere=$(dirname "$0")/../lib\nLD_LIBRARY_PATH=$here exec "$here/wrk" "$@"\n' \
+    >"$WHEELS/bin/wrk"
+  chmod +x "$WHEELS/bin/wrk"
+  echo "wrk: $("$WHEELS/bin/wrk" -v 2>&1 | head -n1)"
+}
+carry_wrk
 kib=$(du -sk "$WHEELS" | cut -f1)
 echo "$WHEELS: ${#got[@]} wheels, $((kib / 1024)) MiB ($kib KiB)"
 if [ "$kib" -gt $((LIMIT_MIB * 1024)) ]; then

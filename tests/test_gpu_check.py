@@ -6,6 +6,7 @@ goes through every step, and the benchmark's --device and --precision."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,6 +18,7 @@ import torch
 from packaging.requirements import Requirement
 
 from benchmarks import bench, gpu_wheels, workloads
+from benchmarks.load import have_wrk
 from model import VAE
 from tests.conftest import AUTO_BACKEND
 
@@ -30,6 +32,7 @@ KNOWN_MISSING = {
     "asgi-lifespan", "sniffio",
 }  # fmt: skip
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+needs_wrk = pytest.mark.skipif(not have_wrk(), reason="wrk is not installed")
 
 
 def run_check(out: Path, **env: str) -> subprocess.CompletedProcess[str]:
@@ -54,7 +57,8 @@ def test_the_wheels_cover_every_requirement_the_gpu_image_lacks() -> None:
     direct = {gpu_wheels.normalize(r.name) for r in gpu_wheels.roots()}
     assert direct - image <= set(needed)
     assert set(needed) >= KNOWN_MISSING
-    assert not set(needed) & image and "torch" in image
+    # Only a package the image holds at a version we rule out travels although it is there.
+    assert set(needed) & image == set(gpu_wheels.image_versions()) and "torch" in image
     assert all(locked[name] == version for name, version in needed.items())
     for name, extras in gpu_wheels.closure(gpu_wheels.roots(), image).items():
         for requirement in gpu_wheels.requirements_of(name, extras):
@@ -93,16 +97,39 @@ def fake_python(folder: Path) -> Path:
     return script
 
 
-def test_gpu_wheels_sh_leaves_one_wheel_a_package(tmp_path: Path) -> None:
+def fill_wheels(tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """gpu_wheels.sh into tmp_path/whl, with empty wheels from fake_python."""
     folder = tmp_path / "whl"
     folder.mkdir()
     (folder / "fastapi-0.1.0-py3-none-any.whl").write_bytes(b"stale")
     env = {**os.environ, "PYTHON": str(fake_python(tmp_path)), "GPU_WHEELS_DIR": str(folder)}
     done = subprocess.run(["bash", str(WHEELS)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    return folder, done
+
+
+def test_gpu_wheels_sh_leaves_one_wheel_a_package(tmp_path: Path) -> None:
+    folder, done = fill_wheels(tmp_path)
     wanted = {f"{n}-{v}-py3-none-any.whl" for n, v in gpu_wheels.needed().items()}
-    assert {p.name for p in folder.iterdir()} == wanted
-    assert f"{len(wanted)} wheels, 0 MiB" in done.stdout
+    assert {p.name for p in folder.glob("*.whl")} == wanted
+    assert f"{len(wanted)} wheels, " in done.stdout
+
+
+@needs_wrk
+def test_gpu_wheels_sh_carries_a_wrk_that_runs_from_its_folder(tmp_path: Path) -> None:
+    folder, _ = fill_wheels(tmp_path)
+    assert (folder / "lib" / "wrk").is_file() and list((folder / "lib").glob("libluajit*"))
+    # wrk -v prints its banner and exits 1; only what it prints tells that it runs.
+    shown = subprocess.run([folder / "bin" / "wrk", "-v"], capture_output=True, text=True)
+    assert (shown.stdout + shown.stderr).startswith("wrk ")
+
+
+def test_an_image_package_at_a_version_we_rule_out_travels_too() -> None:
+    image = {"ml-dtypes", "numpy"}
+    start = [Requirement("ml-dtypes<=0.5.4"), Requirement("numpy>=1")]
+    assert gpu_wheels.closure(start, image, {"ml-dtypes": "0.6.0"}) == {"ml-dtypes": set()}
+    assert gpu_wheels.closure(start, image, {"ml-dtypes": "0.5.4"}) == {}
+    assert gpu_wheels.closure(start, image) == {}  # no version recorded: the image's will do
 
 
 @no_cuda
@@ -142,22 +169,31 @@ def dummy_wheel(folder: Path) -> Path:
 @pytest.mark.slow
 def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
     """Every step, the wheel install included, on the CPU with short measurements."""
-    out, site = tmp_path / "out", tmp_path / "site"
+    out, site, wheels = tmp_path / "out", tmp_path / "site", dummy_wheel(tmp_path / "dummy")
+    if have_wrk():  # the wrk gpu_wheels.sh carries, as the GPU machine gets it
+        carried, _ = fill_wheels(tmp_path)
+        for folder in ("bin", "lib"):
+            shutil.copytree(carried / folder, wheels / folder)
     done = run_check(
         out,
         GPU_CHECK_DEVICE="cpu",
-        GPU_CHECK_WHEELS=str(dummy_wheel(tmp_path / "whl")),
+        GPU_CHECK_WHEELS=str(wheels),
         GPU_CHECK_SITE=str(site),
         GPU_CHECK_SECONDS="0.2",
         GPU_CHECK_SOAK="0",
+        GPU_CHECK_WORKERS="1",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (site / "gpucheckdummy.py").is_file()
-    assert {p.name for p in out.iterdir()} == {"gpu-check.md", "gpu-check.log", "bench-cpu-fp32.md"}
+    reports = {"bench-cpu-fp32.md", "workers-cpu.md"}
+    assert {p.name for p in out.iterdir()} == {"gpu-check.md", "gpu-check.log", *reports}
     summary = (out / "gpu-check.md").read_text()
-    assert summary.count("| ok |") == 6 and "failed" not in summary
+    assert summary.count("| ok |") == 7 and "failed" not in summary
     assert "- pytest: " in summary and "skipped" in summary  # the CUDA tests skip here
     assert "## Benchmark: cpu, fp32" in summary and "Device: cpu, precision fp32" in summary
+    assert "## Worker processes: cpu, fp32" in summary and "| 1 | encode 1 image" in summary
+    if have_wrk():
+        assert "=== load generator: wrk" in done.stdout and "load generator: wrk" in summary
 
 
 def test_bench_defaults_to_the_cpu_in_fp32() -> None:
@@ -238,5 +274,6 @@ def test_gpu_check_skips_what_its_time_budget_cannot_hold(tmp_path: Path) -> Non
     )
     assert done.returncode == 1, done.stdout
     summary = (tmp_path / "out" / "gpu-check.md").read_text()
-    assert summary.count("**skipped**: the 5 s budget is spent") == 5  # 4 steps and 1 benchmark
+    # 4 steps, 1 benchmark and the worker comparison
+    assert summary.count("**skipped**: the 5 s budget is spent") == 6
     assert not (tmp_path / "out" / "bench-cpu-fp32.md").exists()
