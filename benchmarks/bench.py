@@ -386,6 +386,13 @@ def scheduling_text(scheduled: Scheduled) -> str:
     )
 
 
+def settings_from_environment(args: argparse.Namespace) -> str:
+    """The VAE_ settings ours takes from the environment besides the bench's own."""
+    own = ours_env(args)
+    given = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("VAE_") and k not in own)
+    return f"Ours also runs with {', '.join(given)}." if given else "No other VAE_ setting is set."
+
+
 def report(
     rows: list[Row],
     weights: str,
@@ -402,7 +409,8 @@ def report(
             f" {args.backend}, in ours and in-process; the peers, if any, run on the CPU."
             f" Worker processes of ours: {args.workers}.",
             f"Weights: {weights}. Torch threads, in every server and in-process: {args.threads}."
-            f" Each figure: {args.seconds:g} s of load after a 1 s warm-up.",
+            f" Each figure: {args.seconds:g} s of load after a 1 s warm-up."
+            f" {settings_from_environment(args)}",
             table(rows),
             memory.describe() if memory else "No memory soak (--soak 0).",
             scheduling_text(scheduled),

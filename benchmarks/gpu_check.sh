@@ -13,12 +13,14 @@
 #   4. runs the CUDA tests (pytest -m cuda, tests/test_cuda.py) and the API tests (CPU);
 #   5. runs the throughput benchmark on cuda in fp32, short measurements;
 #   6. compares 1, 2, 4 and 8 worker processes (benchmarks/workers.py) on cuda;
-#   7. runs the throughput benchmark in bf16.
+#   7. runs the fp32 benchmark again with VAE_MAX_BATCH_SIZE=512: a batch limit sized
+#      for a GPU rather than the CPU's 64 (fewer, larger forward passes);
+#   8. runs the throughput benchmark in bf16.
 # The load generator is wrk when gpu_wheels.sh carried it (.whl/bin/wrk), else httpx.
 # A failed step is recorded and the next one runs all the same. OUTDIR (default
 # gpu-check-out) gets gpu-check.md (the summary with both benchmark reports),
-# gpu-check.log (everything printed), bench-cuda-fp32.md, bench-cuda-bf16.md and
-# workers-cuda.md.
+# gpu-check.log (everything printed), bench-cuda-fp32.md, bench-cuda-fp32-batch512.md,
+# bench-cuda-bf16.md and workers-cuda.md.
 # Exit status: 0 when every step passed, 1 when one failed, 3 without torch or CUDA, 2 on
 # misuse (no wheels to install, say).
 #
@@ -31,6 +33,7 @@
 #   GPU_CHECK_SECONDS=3            length of each benchmark measurement
 #   GPU_CHECK_SOAK=2000            requests in the benchmark's memory soak (0: none)
 #   GPU_CHECK_WORKERS=1,2,4,8      worker counts to compare (empty: leave the step out)
+#   GPU_CHECK_BATCH=512            VAE_MAX_BATCH_SIZE of step 7 (empty: leave it out)
 #   GPU_CHECK_BUDGET_S=450         each step's limit is cut to what is left of this
 set -euo pipefail
 
@@ -49,9 +52,10 @@ DEVICE=${GPU_CHECK_DEVICE:-cuda}
 if [ "$DEVICE" = cpu ]; then PRECISIONS=${GPU_CHECK_PRECISIONS:-fp32}; else
   PRECISIONS=${GPU_CHECK_PRECISIONS:-fp32 bf16}; fi
 BENCH_SECONDS=${GPU_CHECK_SECONDS:-3}
-BUDGET=${GPU_CHECK_BUDGET_S:-450}  # no step runs past it, so the whole check ends in 8 minutes
+BUDGET=${GPU_CHECK_BUDGET_S:-460}  # no step runs past it, so the whole check ends in 8 minutes
 SOAK=${GPU_CHECK_SOAK:-2000}
 WORKERS=${GPU_CHECK_WORKERS-1,2,4,8}
+BATCH=${GPU_CHECK_BATCH-512}
 SUMMARY=$OUTDIR/gpu-check.md
 LOG=$OUTDIR/gpu-check.log
 export PYTHONUNBUFFERED=1
@@ -76,13 +80,11 @@ write_summary() {  # write_summary [WHY]: gpu-check.md from what has run so far
     echo "Total: ${SECONDS} s. Everything printed: gpu-check.log."
     grep -E '^=* *[0-9]+ (passed|failed|skipped|errors?|deselected)[ ,].* in [0-9.]+s' "$LOG" 2>/dev/null \
       | sed 's/^=* */- pytest: /; s/ *=*$//' || true
-    local p report
-    for p in $PRECISIONS; do
-      report=$OUTDIR/bench-$DEVICE-$p.md
-      if [ -f "$report" ]; then
-        printf '\n## Benchmark: %s, %s\n\n' "$DEVICE" "$p"
-        sed '1,2{/^# /d;/^$/d}' "$report"
-      fi
+    local report
+    for report in $(cd "$OUTDIR" && ls -rt bench-*.md 2>/dev/null); do  # in the order run
+      report=$OUTDIR/$report
+      printf '\n## Benchmark: %s\n\n' "$(basename "$report" .md | sed 's/^bench-//; s/-/, /g')"
+      sed '1,2{/^# /d;/^$/d}' "$report"
     done
     if [ -f "$OUTDIR/workers-$DEVICE.md" ]; then
       printf '\n## Worker processes: %s, fp32\n\n' "$DEVICE"
@@ -178,10 +180,12 @@ workers() {  # workers: benchmarks/workers.py's table, when GPU_CHECK_WORKERS na
     "$DEVICE" "$WORKERS" "$BENCH_SECONDS" "$OUTDIR/workers-$DEVICE.md"
 }
 
-bench() {  # bench PRECISION
-  step "benchmark, $DEVICE $1" 170 "$PYTHON" -m benchmarks.bench --device "$DEVICE" \
-    --precision "$1" --seconds "$BENCH_SECONDS" --soak "$SOAK" --peers '' \
-    --write "$OUTDIR/bench-$DEVICE-$1.md"
+bench() {  # bench PRECISION [BATCH]: with BATCH, under VAE_MAX_BATCH_SIZE=BATCH
+  local name=$1 batch=()
+  if [ -n "${2:-}" ]; then name="$1-batch$2" batch=("VAE_MAX_BATCH_SIZE=$2"); fi
+  step "benchmark, $DEVICE $1${2:+, VAE_MAX_BATCH_SIZE=$2}" 170 env "${batch[@]}" \
+    "$PYTHON" -m benchmarks.bench --device "$DEVICE" --precision "$1" \
+    --seconds "$BENCH_SECONDS" --soak "$SOAK" --peers '' --write "$OUTDIR/bench-$DEVICE-$name.md"
 }
 
 main() {
@@ -197,7 +201,10 @@ main() {
     --timeout 60 tests/test_api_inference.py
   for p in $PRECISIONS; do
     bench "$p"
-    if [ "$p" = fp32 ]; then workers; fi
+    if [ "$p" = fp32 ]; then
+      workers
+      if [ -n "$BATCH" ]; then bench fp32 "$BATCH"; fi
+    fi
   done
   write_summary
   echo

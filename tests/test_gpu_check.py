@@ -182,15 +182,19 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
         GPU_CHECK_SECONDS="0.2",
         GPU_CHECK_SOAK="0",
         GPU_CHECK_WORKERS="1",
+        GPU_CHECK_BATCH="128",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (site / "gpucheckdummy.py").is_file()
-    reports = {"bench-cpu-fp32.md", "workers-cpu.md"}
+    reports = {"bench-cpu-fp32.md", "bench-cpu-fp32-batch128.md", "workers-cpu.md"}
     assert {p.name for p in out.iterdir()} == {"gpu-check.md", "gpu-check.log", *reports}
     summary = (out / "gpu-check.md").read_text()
-    assert summary.count("| ok |") == 7 and "failed" not in summary
+    assert summary.count("| ok |") == 8 and "failed" not in summary
     assert "- pytest: " in summary and "skipped" in summary  # the CUDA tests skip here
-    assert "## Benchmark: cpu, fp32" in summary and "Device: cpu, precision fp32" in summary
+    assert "## Benchmark: cpu, fp32\n" in summary and "Device: cpu, precision fp32" in summary
+    assert summary.index("## Benchmark: cpu, fp32\n") < summary.index("## Benchmark: cpu, fp32, batch128")
+    assert "No other VAE_ setting is set." in (out / "bench-cpu-fp32.md").read_text()
+    assert "Ours also runs with VAE_MAX_BATCH_SIZE=128." in summary
     assert "## Worker processes: cpu, fp32" in summary and "| 1 | encode 1 image" in summary
     if have_wrk():
         assert "=== load generator: wrk" in done.stdout and "load generator: wrk" in summary
@@ -274,6 +278,6 @@ def test_gpu_check_skips_what_its_time_budget_cannot_hold(tmp_path: Path) -> Non
     )
     assert done.returncode == 1, done.stdout
     summary = (tmp_path / "out" / "gpu-check.md").read_text()
-    # 4 steps, 1 benchmark and the worker comparison
-    assert summary.count("**skipped**: the 5 s budget is spent") == 6
+    # 4 steps, 2 benchmarks and the worker comparison
+    assert summary.count("**skipped**: the 5 s budget is spent") == 7
     assert not (tmp_path / "out" / "bench-cpu-fp32.md").exists()
