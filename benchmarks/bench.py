@@ -389,7 +389,9 @@ def scheduling_text(scheduled: Scheduled) -> str:
 def settings_from_environment(args: argparse.Namespace) -> str:
     """The VAE_ settings ours takes from the environment besides the bench's own."""
     own = ours_env(args)
-    given = sorted(f"{k}={v}" for k, v in os.environ.items() if k.startswith("VAE_") and k not in own)
+    given = sorted(
+        f"{k}={v}" for k, v in os.environ.items() if k.startswith("VAE_") and k not in own
+    )
     return f"Ours also runs with {', '.join(given)}." if given else "No other VAE_ setting is set."
 
 

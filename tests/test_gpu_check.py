@@ -192,7 +192,9 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert summary.count("| ok |") == 8 and "failed" not in summary
     assert "- pytest: " in summary and "skipped" in summary  # the CUDA tests skip here
     assert "## Benchmark: cpu, fp32\n" in summary and "Device: cpu, precision fp32" in summary
-    assert summary.index("## Benchmark: cpu, fp32\n") < summary.index("## Benchmark: cpu, fp32, batch128")
+    assert summary.index("## Benchmark: cpu, fp32\n") < summary.index(
+        "## Benchmark: cpu, fp32, batch128"
+    )
     assert "No other VAE_ setting is set." in (out / "bench-cpu-fp32.md").read_text()
     assert "Ours also runs with VAE_MAX_BATCH_SIZE=128." in summary
     assert "## Worker processes: cpu, fp32" in summary and "| 1 | encode 1 image" in summary
