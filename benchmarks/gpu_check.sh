@@ -175,8 +175,8 @@ install_wheels() {
 
 workers() {  # workers: benchmarks/workers.py's table, when GPU_CHECK_WORKERS names counts
   if [ -z "$WORKERS" ]; then return; fi
-  step "worker processes $WORKERS, $DEVICE fp32" 150 bash -c '"$1" -m benchmarks.workers \
-    --device "$2" --workers "$3" --seconds "$4" >"$5.tmp" && mv "$5.tmp" "$5"' _ "$PYTHON" \
+  step "worker processes $WORKERS, $DEVICE fp32" 150 bash -o pipefail -c '"$1" -m \
+    benchmarks.workers --device "$2" --workers "$3" --seconds "$4" | tee "$5"' _ "$PYTHON" \
     "$DEVICE" "$WORKERS" "$BENCH_SECONDS" "$OUTDIR/workers-$DEVICE.md"
 }
 

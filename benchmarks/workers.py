@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 from benchmarks import servers, workloads
 from benchmarks.load import drive, have_wrk
@@ -32,13 +31,14 @@ def main(argv: list[str] | None = None) -> None:
     weights, described = servers.weights_or_random(None)
     work = {w.name: w for w in workloads.build(load_weights(weights, "cpu").model)}
     rows = ((SINGLE, args.single_concurrency), (BATCHED, args.batch_concurrency))
-    lines = [
+    head = [
         f"weights: {described}; {os.cpu_count()} CPUs; {args.device}; load generator: "
         f"{'wrk -t1' if have_wrk() else 'httpx'}; {args.seconds:.0f} s per row",
         "",
         "| workers | workload | c | req/s | images/s | p50 ms | p99 ms | errors | load avg |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    print("\n".join(head), flush=True)  # each row as it is measured: a cut run keeps them
     for count in (int(n) for n in args.workers.split(",")):
         env = {"VAE_WORKERS": str(count), "VAE_DEVICE": args.device, "VAE_ACCESS_LOG": "false"}
         server = servers.start("ours", weights, 1, env)
@@ -53,11 +53,9 @@ def main(argv: list[str] | None = None) -> None:
                     f"{load.p50_ms:.1f} | {load.p99_ms:.1f} | {load.errors} | "
                     f"{os.getloadavg()[0]:.2f} |"
                 )
-                print(row, file=sys.stderr)
-                lines.append(row)
+                print(row, flush=True)
         finally:
             server.stop()
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":
