@@ -39,7 +39,7 @@ from model.distributed import resolve_device
 from service.backends import load_backend
 from service.model_entries import model_name
 from service.runtime import HALF, torch_threads
-from service.settings import Settings
+from service.settings import Settings, env_name
 
 SINGLE_CONCURRENCY = (1, 8, 32, 64)
 WRITE_START = "<!-- benchmarks.bench: start of its report; the run rewrites what follows -->"
@@ -387,11 +387,9 @@ def scheduling_text(scheduled: Scheduled) -> str:
 
 
 def settings_from_environment(args: argparse.Namespace) -> str:
-    """The VAE_ settings ours takes from the environment besides the bench's own."""
-    own = ours_env(args)
-    given = sorted(
-        f"{k}={v}" for k, v in os.environ.items() if k.startswith("VAE_") and k not in own
-    )
+    """The settings ours takes from the environment besides the bench's own."""
+    names = {env_name(field) for field in Settings.model_fields} - set(ours_env(args))
+    given = sorted(f"{k}={v}" for k, v in os.environ.items() if k in names)
     return f"Ours also runs with {', '.join(given)}." if given else "No other VAE_ setting is set."
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.metrics import Metrics
+from service.randomness import new_request_id
 
 logger = logging.getLogger("service")
 access_logger = logging.getLogger("service.access")
@@ -46,7 +46,7 @@ def request_id(scope: Scope) -> str:
             if REQUEST_ID.fullmatch(text):
                 return text
             break
-    return secrets.token_hex(8)
+    return new_request_id()
 
 
 def served_by(scope: Scope) -> tuple[str, str] | None:

@@ -183,6 +183,7 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
         GPU_CHECK_SOAK="0",
         GPU_CHECK_WORKERS="1",
         GPU_CHECK_BATCH="128",
+        VAE_VENV="/not/a/setting",  # as CI sets it: a script's variable, not the service's
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (site / "gpucheckdummy.py").is_file()

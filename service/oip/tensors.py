@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import binascii
 import math
-import secrets
 import struct
 
 import numpy as np
@@ -15,6 +14,7 @@ from torch import Tensor
 from service.errors import Unprocessable
 from service.oip.parsing import InferRequest, InputTensor, RequestedOutput, flag, is_count
 from service.oip.protocol import MAX_SEED, BadTensor, ProtocolModel, TensorSpec
+from service.randomness import new_seed
 from service.settings import env_name
 
 
@@ -54,7 +54,7 @@ def seed_for(request: InferRequest, outputs: list[RequestedOutput]) -> int | Non
         return None
     seed = z.parameters.get("seed", request.parameters.get("seed"))
     if seed is None:
-        return secrets.randbits(31)
+        return new_seed()
     if not is_count(seed) or seed > MAX_SEED:
         raise BadTensor(f"parameter seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     return int(seed)

@@ -8,7 +8,6 @@ dependency solving, which cost the event loop more (service/routes/query.py).
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable
 
 import orjson
@@ -23,6 +22,7 @@ from service.errors import Unprocessable
 from service.imaging import encode_base64_pngs, encode_grid_png
 from service.npy import MEDIA_TYPE as NPY_MEDIA_TYPE
 from service.npy import images_to_npy, to_npy
+from service.randomness import new_seed
 from service.routes.bodies import (
     IMAGE_MEDIA_TYPES,
     check_limit,
@@ -73,7 +73,7 @@ DECODE_BODY = {
 
 
 def choose_seed(seed: int | None) -> int:
-    return secrets.randbits(31) if seed is None else seed
+    return new_seed() if seed is None else seed
 
 
 def choose_prior(requested: PriorName | None, runtime: ModelRuntime) -> PriorName:
