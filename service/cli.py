@@ -38,6 +38,7 @@ from uvicorn.supervisors import Multiprocess
 from model import Checkpoint, WeightsError
 from model.distributed import resolve_device
 from service.cpus import usable_cpus
+from service.http_protocol import GatheringHttpToolsProtocol
 from service.main import create_app
 from service.metrics import MULTIPROC_DIR
 from service.observability import server_log_config
@@ -187,6 +188,7 @@ def server_options(settings: Settings) -> dict[str, typing.Any]:
         # the listen backlog (BENCHMARKS.md, "Accepting bursts of connections");
         # asyncio accepts the whole backlog at once, at the same CPU per request here.
         "loop": "asyncio",
+        "http": GatheringHttpToolsProtocol,
     }
 
 

@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from model import VAE, VAEConfig, save_weights
+from service.http_protocol import GatheringHttpToolsProtocol
 from service.main import create_app
 from service.settings import Settings
 
@@ -158,7 +159,10 @@ def uvicorn_thread(settings: Settings) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), port=port, log_level="warning"))
+    options = {"loop": "asyncio", "http": GatheringHttpToolsProtocol}  # as vae-serve runs it
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), port=port, log_level="warning", **options)
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
