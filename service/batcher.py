@@ -10,7 +10,10 @@ forward pass on ONE dedicated worker thread, so the event loop never blocks on t
   round-robin: a batch takes queued requests in turn, and a request with more rows than
   fit gives a slice (leaving room for the rows others have queued, up to a quarter of a
   batch) and goes to the back of the queue, so one large request cannot hold the model
-  for its whole length; a request that fits in one batch is never split;
+  for its whole length; a request that fits in one batch is never split. While requests
+  that fit keep coming (one in the last ``SHORT_PASSES_S``), a split request gives one
+  slice of at most half a batch per pass: a small request then waits for a short pass,
+  not a full one;
 - the queue is bounded in rows (``QueueFull``) and, optionally, in waiting time
   (``max_queue_wait_s``, like Triton's queue policy with a timeout and a reject action):
   while the oldest request not yet started has waited longer than the bound, a new one
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections import deque
@@ -59,6 +63,11 @@ from service.batch_jobs import (
 class Batcher:
     """Queues per operation and one worker thread that runs them as batches."""
 
+    # Measured with a 1,024-image client beside 8 single-image ones (BENCHMARKS.md, "Short
+    # passes"): half-batch slices kept the small ones' p50 within 2.1-2.6x of alone and
+    # the big client at 72-75% of its speed; quarter-batch ones, 1.3-1.5x and 57-59%.
+    SHORT_PASSES_S = 0.05
+
     def __init__(
         self,
         operations: dict[str, Operation],
@@ -83,6 +92,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._closing = False
         self._calls: deque[tuple[Callable[[], None], Job]] = deque()
+        self._fitting_at = -math.inf  # when the last request that fits in a batch came
         # Counters for metrics and tests: forward passes run, rows they carried, refusals.
         self.batches_run = 0
         self.rows_run = 0
@@ -103,6 +113,8 @@ class Batcher:
         job = Job(loop.create_future(), loop, rows, time.monotonic())
         with self._cond:
             self._admit(len(rows))
+            if len(rows) <= self.max_batch_size:
+                self._fitting_at = job.queued_at
             self._queues[op].append(job)
             self.queued_rows += len(rows)
             if self.max_queue_wait_s:
@@ -217,10 +229,13 @@ class Batcher:
         waited past the queue-wait bound (refused with ``QueueTimeout``)."""
         queue, taken, room = self._queues[op], [], self.max_batch_size
         late = self.max_queue_wait_s and now - self.max_queue_wait_s
+        short = now - self._fitting_at < self.SHORT_PASSES_S
         while queue and room:
             job = queue[0]
             if job.left <= self.max_batch_size and job.left > room:
                 break  # a request that fits in a batch is not split: it leads the next one
+            if short and any(j is job for j, _ in taken):
+                break  # short passes: one slice of a split request a batch
             queue.popleft()
             if job.future.cancelled() or job.error is not None:
                 self.queued_rows -= job.left
@@ -238,6 +253,8 @@ class Batcher:
             n = min(job.left, room)
             if n < job.left and queue:  # others wait: leave room for them in this batch
                 n = max(1, n - self._reserve(queue))
+            if short and len(job.rows) > self.max_batch_size:
+                n = min(n, max(1, self.max_batch_size // 2))
             taken.append((job, job.rows[job.taken : job.taken + n]))
             job.taken += n
             job.running += 1

@@ -366,6 +366,7 @@ def test_large_request_is_interleaved_round_robin_with_small_ones(
 ) -> None:
     gate, make = gated
     batcher = make(max_batch_size=4)
+    batcher.SHORT_PASSES_S = 0.0  # full passes: this test is about the round-robin and room
     big = rows(*[10.0 + i for i in range(10)])
 
     async def main() -> list[Outputs]:
@@ -400,6 +401,7 @@ def test_large_request_leaves_only_the_room_the_others_need(
 ) -> None:
     gate, make = gated
     batcher = make(max_batch_size=8)
+    batcher.SHORT_PASSES_S = 0.0  # full passes: this test is about the room left
 
     async def main() -> list[Outputs]:
         first = batcher.submit("double", rows(0))
@@ -418,6 +420,49 @@ def test_large_request_leaves_only_the_room_the_others_need(
         [*(10.0 + i for i in range(7)), 1.0],
         [17.0 + i for i in range(5)],
     ]
+
+
+def test_while_small_requests_come_a_large_one_runs_in_short_passes(
+    gated: tuple[Gate, Callable[..., Batcher]],
+) -> None:
+    gate, make = gated
+    batcher = make(max_batch_size=8)
+    batcher.SHORT_PASSES_S = 60.0  # "recently", however slow this machine is
+
+    async def main() -> list[Outputs]:
+        first = batcher.submit("double", rows(0))
+        await asyncio.to_thread(gate.wait_entered, 1)
+        futures = [
+            batcher.submit("double", rows(*[10.0 + i for i in range(12)])),
+            batcher.submit("double", rows(1)),
+        ]
+        gate.let_through(100)
+        return await asyncio.gather(first, *futures)
+
+    answers = asyncio.run(main())
+    # One slice of at most half a batch a pass, so no pass is long while small ones come.
+    assert gate.batches == [
+        [0.0],
+        [10.0, 11.0, 12.0, 13.0, 1.0],
+        [14.0, 15.0, 16.0, 17.0],
+        [18.0, 19.0, 20.0, 21.0],
+    ]
+    assert answers[1][0][:, 0].tolist() == [2.0 * (10 + i) for i in range(12)]
+
+
+def test_a_large_request_alone_runs_in_full_passes(
+    gated: tuple[Gate, Callable[..., Batcher]],
+) -> None:
+    gate, make = gated
+    batcher = make(max_batch_size=8)
+    batcher.SHORT_PASSES_S = 60.0
+    gate.let_through(100)
+
+    async def main() -> Outputs:
+        return await batcher.submit("double", rows(*[10.0 + i for i in range(12)]))
+
+    asyncio.run(main())
+    assert gate.batches == [[10.0 + i for i in range(8)], [18.0 + i for i in range(4)]]
 
 
 def test_request_that_would_wait_past_the_bound_is_refused_at_once(
