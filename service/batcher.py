@@ -227,7 +227,8 @@ class Batcher:
 
         Cancelled requests are dropped, and so are requests not yet started that have
         waited past the queue-wait bound (refused with ``QueueTimeout``)."""
-        queue, taken, room = self._queues[op], [], self.max_batch_size
+        queue, room = self._queues[op], self.max_batch_size
+        taken: list[Slice] = []
         late = self.max_queue_wait_s and now - self.max_queue_wait_s
         short = now - self._fitting_at < self.SHORT_PASSES_S
         while queue and room:
