@@ -396,12 +396,8 @@ def test_large_request_is_interleaved_round_robin_with_small_ones(
     assert answers[1][0][:, 0].tolist() == [2.0 * (10 + i) for i in range(10)]  # joined in order
 
 
-def test_large_request_leaves_only_the_room_the_others_need(
-    gated: tuple[Gate, Callable[..., Batcher]],
-) -> None:
-    gate, make = gated
-    batcher = make(max_batch_size=8)
-    batcher.SHORT_PASSES_S = 0.0  # full passes: this test is about the room left
+def big_beside_one_row(gate: Gate, batcher: Batcher) -> list[Outputs]:
+    """While a single row runs: a 12-row request (10, 11, ...), then a single row (1)."""
 
     async def main() -> list[Outputs]:
         first = batcher.submit("double", rows(0))
@@ -413,7 +409,16 @@ def test_large_request_leaves_only_the_room_the_others_need(
         gate.let_through(100)
         return await asyncio.gather(first, *futures)
 
-    asyncio.run(main())
+    return asyncio.run(main())
+
+
+def test_large_request_leaves_only_the_room_the_others_need(
+    gated: tuple[Gate, Callable[..., Batcher]],
+) -> None:
+    gate, make = gated
+    batcher = make(max_batch_size=8)
+    batcher.SHORT_PASSES_S = 0.0  # full passes: this test is about the room left
+    big_beside_one_row(gate, batcher)
     # One row waits besides it: the big request fills the other 7, and no room is lost.
     assert gate.batches == [
         [0.0],
@@ -428,18 +433,7 @@ def test_while_small_requests_come_a_large_one_runs_in_short_passes(
     gate, make = gated
     batcher = make(max_batch_size=8)
     batcher.SHORT_PASSES_S = 60.0  # "recently", however slow this machine is
-
-    async def main() -> list[Outputs]:
-        first = batcher.submit("double", rows(0))
-        await asyncio.to_thread(gate.wait_entered, 1)
-        futures = [
-            batcher.submit("double", rows(*[10.0 + i for i in range(12)])),
-            batcher.submit("double", rows(1)),
-        ]
-        gate.let_through(100)
-        return await asyncio.gather(first, *futures)
-
-    answers = asyncio.run(main())
+    answers = big_beside_one_row(gate, batcher)
     # One slice of at most half a batch a pass, so no pass is long while small ones come.
     assert gate.batches == [
         [0.0],
