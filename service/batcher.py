@@ -64,7 +64,7 @@ class Batcher:
     """Queues per operation and one worker thread that runs them as batches."""
 
     # Measured with a 1,024-image client beside 8 single-image ones (BENCHMARKS.md, "Short
-    # passes"): half-batch slices kept the small ones' p50 within 2.1-2.6x of alone and
+    # passes"): half-batch slices kept the small ones' p50 within 1.8-2.6x of alone and
     # the big client at 72-75% of its speed; quarter-batch ones, 1.3-1.5x and 57-59%.
     SHORT_PASSES_S = 0.05
 

@@ -25,7 +25,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from model import VAE, VAEConfig, save_weights
-from service.http_protocol import GatheringHttpToolsProtocol
+from service import cli
 from service.main import create_app
 from service.settings import Settings
 
@@ -159,7 +159,7 @@ def uvicorn_thread(settings: Settings) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    options = {"loop": "asyncio", "http": GatheringHttpToolsProtocol}  # as vae-serve runs it
+    options = {k: cli.server_options(settings)[k] for k in ("loop", "http")}  # as vae-serve
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), port=port, log_level="warning", **options)
     )

@@ -129,7 +129,7 @@ def base_url() -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    options = {"loop": "asyncio", "http": GatheringHttpToolsProtocol}  # as vae-serve runs it
+    options = {k: cli.server_options(cli.Settings())[k] for k in ("loop", "http")}  # as vae-serve
     config = uvicorn.Config(APP, port=port, log_level="warning", **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
