@@ -18,7 +18,7 @@
 #   8. runs the throughput benchmark in bf16.
 # The load generator is wrk when gpu_wheels.sh carried it (.whl/bin/wrk), else httpx.
 # A failed step is recorded and the next one runs all the same. OUTDIR (default
-# gpu-check-out) gets gpu-check.md (the summary with both benchmark reports),
+# gpu-check-out) gets gpu-check.md (the summary with every benchmark report),
 # gpu-check.log (everything printed), bench-cuda-fp32.md, bench-cuda-fp32-batch512.md,
 # bench-cuda-bf16.md and workers-cuda.md.
 # Exit status: 0 when every step passed, 1 when one failed, 3 without torch or CUDA, 2 on
@@ -34,7 +34,7 @@
 #   GPU_CHECK_SOAK=2000            requests in the benchmark's memory soak (0: none)
 #   GPU_CHECK_WORKERS=1,2,4,8      worker counts to compare (empty: leave the step out)
 #   GPU_CHECK_BATCH=512            VAE_MAX_BATCH_SIZE of step 7 (empty: leave it out)
-#   GPU_CHECK_BUDGET_S=450         each step's limit is cut to what is left of this
+#   GPU_CHECK_BUDGET_S=460         each step's limit is cut to what is left of this
 set -euo pipefail
 
 if [ $# -gt 1 ]; then
