@@ -76,7 +76,7 @@ COPY --from=package /wheels /tmp/wheels
 # readiness check at run time, so fail the build instead.
 RUN pip install --no-deps --no-index /tmp/wheels/*.whl \
     && rm -rf /tmp/wheels \
-    && python -c "from model.pretrained import DEFAULT_WEIGHTS as w; \
+    && python -c "from vae_service.model.pretrained import DEFAULT_WEIGHTS as w; \
 assert w.is_file(), f'{w} is missing: train or fetch the default weights first'"
 USER vae
 WORKDIR /tmp

@@ -25,10 +25,10 @@ import torch
 
 from benchmarks.load import Request, drive
 from benchmarks.servers import start
-from model.export import cached_export
-from model.pretrained import DEFAULT_WEIGHTS
-from service.backends import Backend, OnnxBackend, TorchBackend
-from service.runtime import load_checkpoint
+from vae_service.model.onnx_export import cached_export
+from vae_service.model.pretrained import DEFAULT_WEIGHTS
+from vae_service.server.backends import Backend, OnnxBackend, TorchBackend
+from vae_service.server.runtime import load_checkpoint
 
 
 def rate(fn: Callable[[torch.Tensor], object], batch: torch.Tensor, seconds: float) -> float:

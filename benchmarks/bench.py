@@ -34,12 +34,12 @@ import torch
 
 from benchmarks import scheduling, servers, workloads
 from benchmarks.load import Load, drive, have_wrk
-from model import load_weights
-from model.distributed import resolve_device
-from service.backends import load_backend
-from service.model_entries import model_name
-from service.runtime import HALF, torch_threads
-from service.settings import Settings, env_name
+from vae_service.model import load_weights
+from vae_service.model.device import resolve_device
+from vae_service.server.backends import load_backend
+from vae_service.server.model_entries import model_name
+from vae_service.server.runtime import HALF, torch_threads
+from vae_service.server.settings import Settings, env_name
 
 SINGLE_CONCURRENCY = (1, 8, 32, 64)
 WRITE_START = "<!-- benchmarks.bench: start of its report; the run rewrites what follows -->"

@@ -26,10 +26,10 @@ import torch
 
 from benchmarks import bench, servers, workloads
 from benchmarks.load import Load, Request, drive
-from model import VAE, load_weights
-from model.pretrained import BUNDLED_MODELS
-from service.imaging import encode_base64_pngs
-from service.runtime import torch_threads
+from vae_service.model import VAE, load_weights
+from vae_service.model.pretrained import BUNDLED_MODELS
+from vae_service.server.imaging import encode_base64_pngs
+from vae_service.server.runtime import torch_threads
 
 BUNDLED = BUNDLED_MODELS / "shapes.safetensors"
 B = workloads.BATCH

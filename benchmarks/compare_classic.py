@@ -1,5 +1,5 @@
 """Train the classic pytorch/examples VAE (MLP 784-400-20, Bernoulli) and our convolutional
-VAE on the same data, for the same epochs, with the same training loop (model/train.py),
+VAE on the same data, for the same epochs, with the same training loop (training/train.py),
 then print their test figures side by side.
 
 Run from the repository root:  python -m benchmarks.compare_classic [--epochs 8] [...]
@@ -16,14 +16,15 @@ from pathlib import Path
 
 import torch
 
-from model import distributed as D
-from model import train
-from model.classic import CLASSIC_HIDDEN, CLASSIC_LATENT, ClassicVAE
-from model.cli import one_line_errors
-from model.config import VAEConfig
-from model.data import Dataset, load_dataset
-from model.metrics import evaluate_elbo, reconstruction_error
-from model.vae import VAE
+from vae_service.model.classic import CLASSIC_HIDDEN, CLASSIC_LATENT, ClassicVAE
+from vae_service.model.config import VAEConfig
+from vae_service.model.device import resolve_device
+from vae_service.model.vae import VAE
+from vae_service.training import distributed as D
+from vae_service.training import train
+from vae_service.training.cli import one_line_errors
+from vae_service.training.data import Dataset, load_dataset
+from vae_service.training.metrics import evaluate_elbo, reconstruction_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +88,7 @@ def candidates(args: argparse.Namespace) -> list[tuple[str, type[VAE], VAEConfig
 
 
 def compare(args: argparse.Namespace) -> str:
-    device = D.resolve_device(args.device)
+    device = resolve_device(args.device)
     data = load_dataset(args.data, args.data_dir, args.image_size, args.channels)
     train_split, test_split = data.train.subset(args.limit_train), data.test.subset(args.limit_test)
     data = Dataset(data.name, train_split, test_split)

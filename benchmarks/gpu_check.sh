@@ -194,7 +194,7 @@ main() {
   write_summary
   install_wheels
   step "requirements met" 30 "$PYTHON" -m benchmarks.gpu_wheels check
-  step "imports" 60 "$PYTHON" -c 'import benchmarks.bench, service.main; print("ok")'
+  step "imports" 60 "$PYTHON" -c 'import benchmarks.bench, vae_service.server.main; print("ok")'
   step "CUDA tests (pytest -m cuda)" 150 "$PYTHON" -m pytest -p no:cacheprovider -q \
     --timeout 120 -m cuda tests/test_cuda.py
   step "API tests (CPU: the wheels at work)" 60 "$PYTHON" -m pytest -p no:cacheprovider -q \

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from benchmarks import peers
-from model import VAE
+from vae_service.model import VAE
 
 
 class RowsAPI(ls.LitAPI):

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from model import VAE, load_weights
-from service.imaging import decode_images, encode_base64_pngs
+from vae_service.model import VAE, load_weights
+from vae_service.server.imaging import decode_images, encode_base64_pngs
 
 MAX_PIXELS = 25_000_000
 

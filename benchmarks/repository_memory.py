@@ -28,8 +28,8 @@ import httpx
 import torch
 
 from benchmarks.servers import ROOT, free_port
-from model.pretrained import DEFAULT_WEIGHTS
-from service.cpus import usable_cpus
+from vae_service.model.pretrained import DEFAULT_WEIGHTS
+from vae_service.server.cpus import usable_cpus
 
 
 @dataclass
@@ -52,8 +52,9 @@ def serve(flags: list[str], expected: int, timeout_s: float, settle_s: float) ->
     """Start vae-serve with ``flags``; wait until /models lists ``expected`` ready
     models; ask each for one sample; settle; measure; stop it."""
     port = free_port()
-    command = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port),
-               "--device", "cpu", "--log-level", "warning", "--access-log", "false",
+    command = [sys.executable, "-m", "vae_service.server.cli",
+               "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+               "--log-level", "warning", "--access-log", "false",
                *flags]  # fmt: skip
     log = Path(tempfile.mkstemp(prefix="repository-memory-", suffix=".log")[1])
     started = time.monotonic()

@@ -34,13 +34,13 @@ import orjson
 from benchmarks import servers
 from benchmarks.load import Request
 from benchmarks.workloads import png_base64, test_images
-from model import load_weights
+from vae_service.model import load_weights
 
 TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 # vae-serve under cProfile timed by the thread's CPU clock: the default wall clock would
 # charge a function for the time the busy machine ran something else.
 PROFILED = (
-    "import cProfile, sys, time; from service.cli import main; "
+    "import cProfile, sys, time; from vae_service.server.cli import main; "
     "p = cProfile.Profile(time.thread_time); p.runcall(main, sys.argv[2:]); "
     "p.dump_stats(sys.argv[1])"
 )
@@ -149,7 +149,7 @@ def start(weights: Path, log_level: str, profile: Path | None = None) -> servers
     """vae-serve on a free port, as deployed (default settings) but on the CPU."""
     port = servers.free_port()
     log = Path(tempfile.mkstemp(prefix="request-cpu-", suffix=".log")[1])
-    prefix = ["-c", PROFILED, str(profile)] if profile else ["-m", "service.cli"]
+    prefix = ["-c", PROFILED, str(profile)] if profile else ["-m", "vae_service.server.cli"]
     command = [sys.executable, *prefix, "--weights", str(weights),
                "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
                "--log-level", log_level]  # fmt: skip

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 from benchmarks import servers, workloads
 from benchmarks.load import Load, Request, drive_wrk, have_wrk
-from model import load_weights
+from vae_service.model import load_weights
 
 SMALL_CONCURRENCY = 8
 BIG_IMAGES = 1024

@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from model import VAE, VAEConfig, save_weights
-from model.pretrained import DEFAULT_WEIGHTS
+from vae_service.model import VAE, VAEConfig, save_weights
+from vae_service.model.pretrained import DEFAULT_WEIGHTS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ def weights_or_random(weights: Path | None) -> tuple[Path, str]:
 
 def command(name: str, weights: Path, port: int, threads: int) -> list[str]:
     if name == "ours":
-        return [sys.executable, "-m", "service.cli", "--weights", str(weights),
+        return [sys.executable, "-m", "vae_service.server.cli", "--weights", str(weights),
                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]  # fmt: skip
     module = {"litserve": "benchmarks.litserve_server", "naive": "benchmarks.naive_server"}[name]
     return [sys.executable, "-m", module, "--weights", str(weights),

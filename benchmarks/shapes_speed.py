@@ -1,4 +1,4 @@
-"""How fast the ``shapes`` data set renders (model/shapes.py), in images per second.
+"""How fast the ``shapes`` data set renders (training/shapes.py), in images per second.
 
     python -m benchmarks.shapes_speed                  # 5,000 images, best of 3, all threads
     OMP_NUM_THREADS=1 python -m benchmarks.shapes_speed --threads 1
@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from model import shapes
+from vae_service.training import shapes
 
 
 def build_parser() -> argparse.ArgumentParser:

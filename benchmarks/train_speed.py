@@ -17,9 +17,9 @@ import time
 
 import torch
 
-from model import train as model_train
-from model.distributed import DistContext
-from model.vae import VAE
+from vae_service.model.vae import VAE
+from vae_service.training import train as model_train
+from vae_service.training.distributed import DistContext
 
 WARMUP_STEPS = 5
 

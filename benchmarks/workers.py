@@ -14,7 +14,7 @@ import os
 
 from benchmarks import servers, workloads
 from benchmarks.load import drive, have_wrk
-from model import load_weights
+from vae_service.model import load_weights
 
 SINGLE = "encode 1 image, JSON"
 BATCHED = f"encode {workloads.BATCH} images, npy"

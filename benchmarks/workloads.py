@@ -18,14 +18,14 @@ import torch
 from PIL import Image
 
 from benchmarks.load import Request
-from model import VAE, VAEConfig
-from model.data import IDX_DIRS, DataError, load_idx_split
-from service.backends import Backend, TorchBackend
-from service.batch_jobs import Outputs
-from service.imaging import decode_images, encode_base64_pngs
-from service.oip.protocol import HEADER_LENGTH
-from service.repository import FALLBACK_DEFAULT
-from service.runtime import run_guarded
+from vae_service.model import VAE, VAEConfig
+from vae_service.server.backends import Backend, TorchBackend
+from vae_service.server.batch_jobs import Outputs
+from vae_service.server.imaging import decode_images, encode_base64_pngs
+from vae_service.server.oip.protocol import HEADER_LENGTH
+from vae_service.server.repository import FALLBACK_DEFAULT
+from vae_service.server.runtime import run_guarded
+from vae_service.training.data import IDX_DIRS, DataError, load_idx_split
 
 BATCH = 256
 SEED = 7

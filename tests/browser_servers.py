@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import torch
 
-from model import VAE, VAEConfig, save_weights
-from model.pretrained import DEFAULT_WEIGHTS
 from tests.conftest import Server
+from vae_service.model import VAE, VAEConfig, save_weights
+from vae_service.model.pretrained import DEFAULT_WEIGHTS
 
 KEY = "browser-key-0123456789"
 MAX_SAMPLE_N = 64  # the servers' limit: n above it is the 422 the page must show
@@ -58,7 +58,15 @@ def launch(log: Path, flags: list[str], env: dict[str, str] | None = None) -> Se
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "vae_service.server.cli",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     # small batches: start-up warms up eight batch sizes, not 64
     command += ["--device", "cpu", "--max-batch-size", "8", "--max-sample-n", str(MAX_SAMPLE_N)]
     command += ["--max-body-bytes", str(MAX_BODY_BYTES), *flags]

@@ -24,10 +24,10 @@ import uvicorn
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model import VAE, VAEConfig, save_weights
-from service import cli
-from service.main import create_app
-from service.settings import Settings
+from vae_service.model import VAE, VAEConfig, save_weights
+from vae_service.server import cli
+from vae_service.server.main import create_app
+from vae_service.server.settings import Settings
 
 # Tests share two cores with everything else; one thread each keeps them predictable.
 torch.set_num_threads(1)
@@ -219,7 +219,15 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         log = tmp_path / f"server-{port}.log"
-        command = [sys.executable, "-m", "service.cli", "--host", "127.0.0.1", "--port", str(port)]
+        command = [
+            sys.executable,
+            "-m",
+            "vae_service.server.cli",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
         repo = Path(__file__).resolve().parents[1]
         env = {**os.environ, "PYTHONPATH": str(repo)}
         with log.open("wb") as stderr:

@@ -12,9 +12,9 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model import VAE
-from service.main import create_app
-from service.settings import Settings
+from vae_service.model import VAE
+from vae_service.server.main import create_app
+from vae_service.server.settings import Settings
 
 LATENT_DIM = 4  # the tiny config's
 

@@ -22,13 +22,13 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from safetensors.torch import save_file
 
-from model import VAE, VAEConfig, WeightsError, save_weights
-from model.data import IDX_DIRS, load_idx_split
-from model.pretrained import DEFAULT_WEIGHTS
-from model.weights import encode_metadata, read_safetensors
-from service.cli import main as serve_main
-from service.main import create_app
-from service.settings import Settings, get_settings
+from vae_service.model import VAE, VAEConfig, WeightsError, save_weights
+from vae_service.model.pretrained import DEFAULT_WEIGHTS
+from vae_service.model.weights import encode_metadata, read_safetensors
+from vae_service.server.cli import main as serve_main
+from vae_service.server.main import create_app
+from vae_service.server.settings import Settings, get_settings
+from vae_service.training.data import IDX_DIRS, load_idx_split
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60
@@ -40,7 +40,7 @@ MIN_PSNR_DB = 18.0
 def serve_command() -> list[str]:
     """The installed console script when there is one, else the same entry point."""
     script = shutil.which("vae-serve")
-    return [script] if script else [sys.executable, "-m", "service.cli"]
+    return [script] if script else [sys.executable, "-m", "vae_service.server.cli"]
 
 
 def run_serve(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -131,7 +131,7 @@ def test_lifespan_refuses_missing_weights(tmp_path: Path) -> None:
 
 
 def test_building_the_app_does_not_load_weights(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What ``service.main`` does at import, with weights that would fail to load."""
+    """What ``vae_service.server.main`` does at import, with weights that would fail to load."""
     monkeypatch.setenv("VAE_WEIGHTS", "/nonexistent.safetensors")
     get_settings.cache_clear()
     try:
@@ -172,7 +172,7 @@ def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("vae-serve got as far as starting the server")
 
-    monkeypatch.setattr("service.cli.uvicorn.run", refuse)
+    monkeypatch.setattr("vae_service.server.cli.uvicorn.run", refuse)
 
 
 @pytest.mark.usefixtures("no_server")
@@ -211,7 +211,14 @@ def test_server_starts_and_answers(tiny_weights: Path, launcher: str) -> None:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "VAE_WEIGHTS": str(tiny_weights)}
     if launcher == "uvicorn":
-        command = [sys.executable, "-m", "uvicorn", "service.main:app", "--port", str(port)]
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "vae_service.server.main:app",
+            "--port",
+            str(port),
+        ]
     else:
         command = [*serve_command(), "--host", "127.0.0.1", "--port", str(port)]
     process = subprocess.Popen(command, env=env, cwd=REPO, text=True, stderr=subprocess.DEVNULL)

@@ -12,13 +12,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model import VAE, WeightsError, load_weights, save_weights
-from model.prior import FittedPrior, fit_prior
-from model.prior_files import attach_prior
-from service.cli import main as serve_main
-from service.client import VAEClient
-from service.main import create_app
-from service.settings import Settings
+from vae_service.client import VAEClient
+from vae_service.model import VAE, WeightsError, load_weights, save_weights
+from vae_service.model.prior import FittedPrior, fit_prior
+from vae_service.model.prior_files import attach_prior
+from vae_service.server.cli import main as serve_main
+from vae_service.server.main import create_app
+from vae_service.server.settings import Settings
 
 COMPONENTS = 3
 
@@ -165,7 +165,7 @@ def test_a_corrupt_prior_stops_vae_serve_with_one_line(
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("vae-serve got as far as starting the server")
 
-    monkeypatch.setattr("service.cli.uvicorn.run", refuse)
+    monkeypatch.setattr("vae_service.server.cli.uvicorn.run", refuse)
     path = corrupt_prior_weights(prior_weights, tmp_path)
     with pytest.raises(SystemExit) as exited:
         serve_main(["--weights", str(path), "--device", "cpu"])

@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from httpx import Response
 
-from service.auth import bearer_token
-from service.main import create_app
-from service.settings import Settings
+from vae_service.server.auth import bearer_token
+from vae_service.server.main import create_app
+from vae_service.server.settings import Settings
 
 KEYS = ["first-key-0123456789", "second-key-abcdefghij"]
 Z = {"z": [[0.1, 0.2, 0.3, 0.4]]}

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from model import VAE
-from service.batch_jobs import (
+from vae_service.model import VAE
+from vae_service.server.batch_jobs import (
     BatcherClosed,
     InvalidRows,
     Operation,
@@ -21,7 +21,7 @@ from service.batch_jobs import (
     QueueFull,
     QueueTimeout,
 )
-from service.batcher import Batcher
+from vae_service.server.batcher import Batcher
 
 
 class Recorder:

@@ -9,8 +9,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from benchmarks import bench, colour
-from service.main import create_app
 from tests.conftest import settings_for
+from vae_service.server.main import create_app
 
 
 def test_every_row_is_work_the_service_answers() -> None:

@@ -12,13 +12,13 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model import load_weights
-from model.data import load_idx_split
-from model.metrics import evaluate_elbo
-from model.pretrained import BUNDLED_MODELS, DEFAULT_WEIGHTS
-from model.prior import FittedPrior
-from service.main import create_app
 from tests.conftest import settings_for
+from vae_service.model import load_weights
+from vae_service.model.pretrained import BUNDLED_MODELS, DEFAULT_WEIGHTS
+from vae_service.model.prior import FittedPrior
+from vae_service.server.main import create_app
+from vae_service.training.data import load_idx_split
+from vae_service.training.metrics import evaluate_elbo
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 SHARP = BUNDLED_MODELS / "fashion-mnist-sharp.safetensors"

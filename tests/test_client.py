@@ -14,9 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model import VAE, VAEConfig, save_weights
-from service.client import AsyncVAEClient, VAEClient, VAEError
-from service.settings import Settings
+from vae_service.client import AsyncVAEClient, VAEClient, VAEError
+from vae_service.model import VAE, VAEConfig, save_weights
+from vae_service.server.settings import Settings
 
 ServeInThread = Callable[[Settings], contextlib.AbstractContextManager[str]]
 ADMIN_KEY = "admin-key-for-tests"

@@ -1,6 +1,6 @@
 """Colour end to end (issue 17): a 64x64 RGB model of the shapes architecture, randomly
 initialised, through the app's real lifespan. Every kind of input file is converted to
-the pixels the rules in service/imaging.py promise, every image answer is an RGB PNG, and
+the pixels the rules in server/imaging.py promise, every image answer is an RGB PNG, and
 a grey 28x28 model serves beside it from one VAE_MODEL_DIR."""
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from model import VAE, VAEConfig, save_weights
-from service.imaging import decode_image
-from service.main import create_app
 from tests.conftest import settings_for
+from vae_service.model import VAE, VAEConfig, save_weights
+from vae_service.server.imaging import decode_image
+from vae_service.server.main import create_app
 
 SIZE = 64
 SHAPES = VAEConfig(

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from service.settings import Settings, env_name
+from vae_service.server.settings import Settings, env_name
 
 COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.yml"
 PINNED_BY_THE_IMAGE = {"host", "port"}  # the image's CMD listens on 0.0.0.0:8000

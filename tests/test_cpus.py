@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from service import runtime
-from service.cpus import cgroup_cpu_limit, usable_cpus
+from vae_service.server import runtime
+from vae_service.server.cpus import cgroup_cpu_limit, usable_cpus
 
 
 def tree(tmp_path: Path, proc_cgroup: str, files: dict[str, str]) -> tuple[Path, Path]:

@@ -10,7 +10,7 @@ images (in [0, 1]):
 - bf16 and fp16 (autocast) against fp32: atol 0.05 on images, 0.1 on the posterior (whose
   values reach ±6 with the bundled weights; bf16 keeps 8 significant bits, and CPU autocast
   measured gaps of 0.02), and never NaN or inf: a half-precision batch that overflows runs
-  again in fp32 (service/runtime.py run_guarded).
+  again in fp32 (server/runtime.py run_guarded).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from model import load_weights
-from model.pretrained import DEFAULT_WEIGHTS
-from service.main import create_app
-from service.settings import Settings
+from vae_service.model import load_weights
+from vae_service.model.pretrained import DEFAULT_WEIGHTS
+from vae_service.server.main import create_app
+from vae_service.server.settings import Settings
 
 pytestmark = [
     pytest.mark.cuda,

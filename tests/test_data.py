@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.data import DataError, load_dataset, read_idx
+from vae_service.training.data import DataError, load_dataset, read_idx
 
 
 def test_read_idx_parses_dims_and_data():

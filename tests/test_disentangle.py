@@ -1,4 +1,4 @@
-"""MIG (model/disentangle.py) on codes whose answer is known, and labelled traversals."""
+"""MIG (training/disentangle.py) on codes whose answer is known, and labelled traversals."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import mutual_info_score
 
-from model import VAE, VAEConfig, shapes
-from model.disentangle import (
+from vae_service.model import VAE, VAEConfig, shapes
+from vae_service.training.disentangle import (
     active_dims,
     discretise,
     entropy,
@@ -21,7 +21,7 @@ from model.disentangle import (
     save_traversals,
     traversal_grid,
 )
-from model.report import GRID_PADDING
+from vae_service.training.report import GRID_PADDING
 
 N = 5000
 

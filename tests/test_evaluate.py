@@ -11,9 +11,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from model import VAE, metrics
-from model.evaluate import main
-from model.metrics import active_units, evaluate_elbo, iwae_nll, psnr, reconstruction_error
+from vae_service.model import VAE, metrics
+from vae_service.training.evaluate import main
+from vae_service.training.metrics import (
+    active_units,
+    evaluate_elbo,
+    iwae_nll,
+    psnr,
+    reconstruction_error,
+)
 
 RESULT_KEYS = {
     "data", "weights", "sha256", "n_images", "neg_elbo", "recon", "kl", "iwae_nll", "iwae_k",
@@ -154,7 +160,7 @@ def test_vae_eval_bad_arguments(bad: list[str], capsys):
 
 def test_vae_eval_help_as_a_module():
     done = subprocess.run(
-        [sys.executable, "-m", "model.evaluate", "--help"],
+        [sys.executable, "-m", "vae_service.training.evaluate", "--help"],
         capture_output=True, text=True, check=False, timeout=120,
     )  # fmt: skip
     assert done.returncode == 0

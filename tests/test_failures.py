@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 from starlette.types import Message
 from torch import Tensor
 
-from service.batch_jobs import ModelOutOfMemory, Operation
-from service.batcher import Batcher
-from service.main import create_app
-from service.settings import Settings
+from vae_service.server.batch_jobs import ModelOutOfMemory, Operation
+from vae_service.server.batcher import Batcher
+from vae_service.server.main import create_app
+from vae_service.server.settings import Settings
 
 Z = [0.1, 0.2, 0.3, 0.4]
 

@@ -19,8 +19,8 @@ from packaging.requirements import Requirement
 
 from benchmarks import bench, gpu_wheels, workloads
 from benchmarks.load import have_wrk
-from model import VAE
 from tests.conftest import AUTO_BACKEND
+from vae_service.model import VAE
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECK = ROOT / "benchmarks" / "gpu_check.sh"

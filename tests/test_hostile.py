@@ -20,9 +20,9 @@ from fastapi.testclient import TestClient
 from httpx import Response
 from PIL import Image
 
-from service.main import create_app
-from service.npy import MEDIA_TYPE as NPY
-from service.settings import Settings
+from vae_service.server.main import create_app
+from vae_service.server.npy import MEDIA_TYPE as NPY
+from vae_service.server.settings import Settings
 
 Z_OK = [0.1, -0.2, 0.3, 0.4]
 

@@ -1,4 +1,4 @@
-"""Each response's head and body in one write (service/http_protocol.py): the writes of
+"""Each response's head and body in one write (server/http_protocol.py): the writes of
 one loop turn go out together, large ones at once, nothing is lost on close, and real
 answers through uvicorn arrive whole: small, large, streamed, HEAD, and on a closing
 connection."""
@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from service import cli
-from service.http_protocol import JOIN_LIMIT, GatheredWrites, GatheringHttpToolsProtocol
+from vae_service.server import cli
+from vae_service.server.http_protocol import JOIN_LIMIT, GatheredWrites, GatheringHttpToolsProtocol
 
 
 class Recorder:

@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import BadImage, Unprocessable
-from service.imaging import GRID_PAD, decode_image, decode_images, encode_grid_png, encode_pngs
+from vae_service.server.errors import BadImage, Unprocessable
+from vae_service.server.imaging import (
+    GRID_PAD,
+    decode_image,
+    decode_images,
+    encode_grid_png,
+    encode_pngs,
+)
 
 MAX_PIXELS = 1_000_000
 

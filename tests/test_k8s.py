@@ -4,7 +4,7 @@ Kubernetes OpenAPI schemas (kubernetes-validate, offline) or, for the two custom
 against a minimal schema written here plus the core schemas for the pod inside; checkov
 finds nothing, or a skip that says why; and the numbers agree with the service: probe
 paths and ports, the drain and the grace period, and every VAE_* variable is a setting
-of service/settings.py, so a renamed setting fails here.
+of server/settings.py, so a renamed setting fails here.
 
 Rendering needs `kubectl` (or `kustomize`); the scan needs checkov, which lives in an
 environment of its own (bash deploy/k8s/install-checkov.sh). Without them those tests
@@ -30,8 +30,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.model_entries import NAME, SUFFIX
-from service.settings import Settings, env_name
+from vae_service.server.model_entries import NAME, SUFFIX
+from vae_service.server.settings import Settings, env_name
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -537,8 +537,8 @@ def test_probes_ports_and_paths(rendered: dict[str, list[Doc]]) -> None:
 def test_probe_and_scrape_paths_are_routes_and_probes_need_no_key(
     rendered: dict[str, list[Doc]],
 ) -> None:
-    from service.auth import OPEN_PATHS
-    from service.routes import ROUTERS
+    from vae_service.server.auth import OPEN_PATHS
+    from vae_service.server.routes import ROUTERS
 
     routes = {getattr(route, "path", None) for router in ROUTERS for route in router.routes}
     assert "/metrics" in routes
@@ -649,7 +649,7 @@ def test_torch_threads_match_the_cpu_limit(rendered: dict[str, list[Doc]]) -> No
         container = serving_container(pod)
         threads = int(env_of(container)["VAE_TORCH_THREADS"]["value"])
         limit = cpus(container["resources"]["limits"]["cpu"])
-        # 0 lets the service count the quota itself (service/cpus.py): limit less one.
+        # 0 lets the service count the quota itself (server/cpus.py): limit less one.
         assert threads in (0, max(1, math.ceil(limit) - 1)), where
         assert container["resources"]["requests"]["cpu"] == container["resources"]["limits"]["cpu"]
         assert container["resources"]["limits"]["memory"], where
@@ -871,6 +871,6 @@ def test_the_training_job_is_consistent(rendered: dict[str, list[Doc]]) -> None:
     assert mounts[env["VAE_MODEL_DIR"]]["name"] == "models"
     assert mounts["/usr/share/datasets"]["readOnly"] is True
     script = container["command"][2]
-    assert "model.train" in script and "--resume" in script
+    assert "vae_service.training.train" in script and "--resume" in script
     assert '"$VAE_MODEL_DIR/.train/' in script.replace("work=", "")  # a hidden work folder
     assert container["image"].endswith(":cuda")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from model.weights import load_weights
-from service.model_entries import NAME, SUFFIX
+from vae_service.model.weights import load_weights
+from vae_service.server.model_entries import NAME, SUFFIX
 
 JOB = Path(__file__).resolve().parents[1] / "deploy" / "k8s" / "jobs" / "train.yaml"
 DATA = Path("/usr/share/datasets/fashion-mnist")

@@ -1,4 +1,4 @@
-"""service/leases.py: a lease taken during a request is given back when it ends, however
+"""server/leases.py: a lease taken during a request is given back when it ends, however
 it ends, and taking one where nothing would give it back fails loudly."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from service.leases import ReleaseLeases, hold
-from service.model_entries import Version
+from vae_service.server.leases import ReleaseLeases, hold
+from vae_service.server.model_entries import Version
 
 
 def version() -> Version:

@@ -6,7 +6,7 @@ import asyncio
 
 from starlette.types import Message, Receive, Scope, Send
 
-from service.limits import LoadShedder
+from vae_service.server.limits import LoadShedder
 
 
 def scope(path: str = "/encode") -> Scope:

@@ -8,8 +8,14 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from model import VAEConfig
-from model.loss import elbo_terms, free_bits_penalty, gaussian_kl, kl_weight, reconstruction_nll
+from vae_service.model import VAEConfig
+from vae_service.model.loss import (
+    elbo_terms,
+    free_bits_penalty,
+    gaussian_kl,
+    kl_weight,
+    reconstruction_nll,
+)
 
 BERNOULLI = VAEConfig(latent_dim=2, widths=(4,), hidden_dim=4)
 GAUSSIAN = VAEConfig(latent_dim=2, widths=(4,), hidden_dim=4, likelihood="gaussian")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import VAE, VAEConfig
-from model.classic import ClassicVAE
-from model.loss import elbo_terms
+from vae_service.model import VAE, VAEConfig
+from vae_service.model.classic import ClassicVAE
+from vae_service.model.loss import elbo_terms
 
 SHAPES = [(28, 1, (4, 8)), (28, 3, (4, 8)), (32, 1, (4, 8)), (32, 3, (4, 8, 8)),
           (64, 1, (4, 8, 8)), (64, 3, (4, 8, 8, 8))]  # fmt: skip

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.npy import NpyError, images_to_npy, parse_images, to_npy
+from vae_service.server.npy import NpyError, images_to_npy, parse_images, to_npy
 
 
 def npy(array: np.ndarray, **kwargs: bool) -> bytes:

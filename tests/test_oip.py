@@ -18,7 +18,7 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from service.settings import Settings
+from vae_service.server.settings import Settings
 
 ENCODER, DECODER = "tiny-encoder", "tiny-decoder"  # tests/conftest.py's tiny.safetensors
 LATENT_DIM = 4
@@ -50,7 +50,7 @@ def grey_pixels(n: int, seed: int = 0) -> np.ndarray:
 
 def unit(pixels: np.ndarray) -> np.ndarray:
     """N x 28 x 28 grey pixels as N x 1 x 28 x 28 floats in [0, 1], as the service
-    converts image files (service/imaging.py), so that both give the same tensor."""
+    converts image files (server/imaging.py), so that both give the same tensor."""
     return pixels[:, None].astype(np.float32) * np.float32(1 / 255)
 
 
@@ -310,8 +310,8 @@ def test_headers_and_metrics_name_the_repository_model(
 def tiny_file(folder: Path, name: str, seed: int) -> Path:
     import torch
 
-    from model import VAE, save_weights
     from tests.conftest import TINY
+    from vae_service.model import VAE, save_weights
 
     torch.manual_seed(seed)
     meta = {"data": {"name": "synthetic", "shape": [1, 28, 28]}, "training": {"epochs": 0}}

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from PIL import Image
 
-from service.settings import Settings
+from vae_service.server.settings import Settings
 
 ENCODE = "/v2/models/tiny-encoder/infer"
 DECODE = "/v2/models/tiny-decoder/infer"
@@ -491,7 +491,7 @@ def test_error_bodies_are_rewritten_only_under_v2() -> None:
     from starlette.routing import Route
     from starlette.testclient import TestClient
 
-    from service.oip.errors import ProtocolErrors
+    from vae_service.server.oip.errors import ProtocolErrors
 
     async def invalid(request: Any) -> JSONResponse:
         detail = [{"loc": ["body", "z"], "msg": "Field required", "type": "missing"}]

@@ -1,6 +1,6 @@
 """The ONNX Runtime backend: vae-export, the Triton layout, the cache keyed by SHA-256,
 VAE_BACKEND=onnxruntime through the service's routes, and agreement with torch within
-model.export.TOLERANCE. Needs the onnx extra (skipped without it, except the tests of
+model/onnx_export.py's TOLERANCE. Needs the onnx extra (skipped without it, except the tests of
 the error a missing onnxruntime gives)."""
 
 from __future__ import annotations
@@ -18,9 +18,10 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-import model.export as export_module
-from model import VAE, load_weights, save_weights
-from model.export import (
+import vae_service.model.onnx_export as export_module
+from tests.conftest import HAS_ONNX, TINY, settings_for
+from vae_service.model import VAE, load_weights, save_weights
+from vae_service.model.onnx_export import (
     CHECK_BATCHES,
     DECODER_FILE,
     ENCODER_FILE,
@@ -29,16 +30,15 @@ from model.export import (
     ExportError,
     cached_export,
     check_export,
-    main,
     read_export,
     session,
 )
-from service import backends
-from service.backends import BackendError, default_cache_dir, load_backend
-from service.cli import build_parser, read_settings
-from service.main import create_app
-from service.settings import Settings
-from tests.conftest import HAS_ONNX, TINY, settings_for
+from vae_service.server import backends
+from vae_service.server.backends import BackendError, default_cache_dir, load_backend
+from vae_service.server.cli import build_parser, read_settings
+from vae_service.server.main import create_app
+from vae_service.server.settings import Settings
+from vae_service.training.export import main
 
 needs_onnx = pytest.mark.skipif(not HAS_ONNX, reason="the onnx extra is not installed")
 NPY = {"content-type": "application/x-npy"}

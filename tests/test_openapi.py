@@ -12,10 +12,10 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from service.main import create_app
-from service.routes.bodies import is_base64
-from service.schemas import BASE64_PATTERN, LIVE
-from service.settings import Settings
+from vae_service.server.main import create_app
+from vae_service.server.routes.bodies import is_base64
+from vae_service.server.schemas import BASE64_PATTERN, LIVE
+from vae_service.server.settings import Settings
 
 
 def parameter(spec: dict[str, Any], path: str, name: str) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.engine import events, from_schema
 from schemathesis.python.asgi import shutdown_lifespans
 
-from service.main import create_app
-from service.settings import Settings
+from vae_service.server.main import create_app
+from vae_service.server.settings import Settings
 
 CHECKS = (
     "not_a_server_error",

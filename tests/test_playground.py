@@ -23,10 +23,10 @@ from PIL import Image
 from pydantic import SecretStr
 from starlette.types import ASGIApp, Message
 
-from model.data import IDX_DIRS, load_idx_split
-from service.main import create_app
-from service.routes import playground
-from service.settings import Settings
+from vae_service.server.main import create_app
+from vae_service.server.routes import playground
+from vae_service.server.settings import Settings
+from vae_service.training.data import IDX_DIRS, load_idx_split
 
 STATIC = Path(__file__).resolve().parents[1] / "service" / "static"
 EXAMPLES = STATIC / "examples"

@@ -11,10 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model import VAE, WeightsError, load_weights, save_weights
-from model.data import load_dataset
-from model.fit_prior import main as fit_prior_main
-from model.prior import (
+from vae_service.model import VAE, WeightsError, load_weights, save_weights
+from vae_service.model.prior import (
     COVARIANCE_TYPES,
     PRIOR_PREFIX,
     FittedPrior,
@@ -22,8 +20,10 @@ from model.prior import (
     posterior_means,
     sample_latents,
 )
-from model.prior_files import attach_prior
-from model.train import main as train_main
+from vae_service.model.prior_files import attach_prior
+from vae_service.training.data import load_dataset
+from vae_service.training.fit_prior import main as fit_prior_main
+from vae_service.training.train import main as train_main
 
 TRUE_MEANS = torch.tensor([[-6.0, 0.0], [0.0, 6.0], [6.0, -3.0]])
 

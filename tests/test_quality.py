@@ -12,13 +12,13 @@ import scipy.linalg
 import torch
 from PIL import Image
 
-from model import WeightsError, load_weights
-from model.classifier import Classifier, load_classifier
-from model.classifier import main as classifier_main
-from model.evaluate import main as evaluate_main
-from model.prior import fit_prior
-from model.prior_files import attach_prior
-from model.quality import (
+from vae_service.model import WeightsError, load_weights
+from vae_service.model.prior import fit_prior
+from vae_service.model.prior_files import attach_prior
+from vae_service.training.classifier import Classifier, load_classifier
+from vae_service.training.classifier import main as classifier_main
+from vae_service.training.evaluate import main as evaluate_main
+from vae_service.training.quality import (
     FeatureStats,
     class_coverage,
     classify,

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from service import randomness
+from vae_service.server import randomness
 
 
 def test_request_ids_are_16_hex_digits_and_do_not_repeat() -> None:

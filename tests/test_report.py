@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model import VAE, VAEConfig
-from model.report import (
+from vae_service.model import VAE, VAEConfig
+from vae_service.training.report import (
     make_grid,
     plot_loss_curve,
     save_history,

@@ -28,13 +28,13 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from model import VAE, VAEConfig, save_weights
-from model.prior import fit_prior
-from model.prior_files import attach_prior
-from service.main import create_app
-from service.repository import ModelRepository
-from service.settings import Settings
 from tests.conftest import AUTO_BACKEND, TINY, image_file, settings_for
+from vae_service.model import VAE, VAEConfig, save_weights
+from vae_service.model.prior import fit_prior
+from vae_service.model.prior_files import attach_prior
+from vae_service.server.main import create_app
+from vae_service.server.repository import ModelRepository
+from vae_service.server.settings import Settings
 
 POLL_S = 0.05
 ADMIN = "admin-key-for-tests"

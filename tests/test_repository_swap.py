@@ -31,9 +31,9 @@ import pytest
 import torch
 from PIL import Image
 
-from model import VAE, load_weights, save_weights
-from model.pretrained import DEFAULT_WEIGHTS
 from tests.conftest import Server
+from vae_service.model import VAE, load_weights, save_weights
+from vae_service.model.pretrained import DEFAULT_WEIGHTS
 
 pytestmark = [
     pytest.mark.slow,

@@ -15,12 +15,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from torch import Tensor
 
-from model import load_weights
-from service.batch_jobs import Operation
-from service.main import create_app
-from service.routes.bodies import decode_inline
-from service.runtime import Batching, ModelRuntime, run_guarded, torch_threads
-from service.settings import Settings
+from vae_service.model import load_weights
+from vae_service.server.batch_jobs import Operation
+from vae_service.server.main import create_app
+from vae_service.server.routes.bodies import decode_inline
+from vae_service.server.runtime import Batching, ModelRuntime, run_guarded, torch_threads
+from vae_service.server.settings import Settings
 
 
 class HalfOverflows:

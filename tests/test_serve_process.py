@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from service.settings import Settings
+from vae_service.server.settings import Settings
 
 KEYS = ["time", "level", "logger", "message"]  # every line's first keys, in this order
 UVICORN_LINES = (
@@ -46,7 +46,7 @@ def test_every_stderr_line_is_a_json_log_line(
     uvicorn = [e["message"] for e in entries if e["logger"].startswith("uvicorn")]
     for start in UVICORN_LINES:
         assert any(message.startswith(start) for message in uvicorn), (start, uvicorn)
-    access = [e for e in entries if e["logger"] == "service.access"]
+    access = [e for e in entries if e["logger"] == "vae_service.server.access"]
     assert [(e["path"], e["status"]) for e in access if e["path"] == "/healthz"] == [
         ("/healthz", 200)
     ]
@@ -86,7 +86,7 @@ def test_keep_alive_flag_sets_the_idle_timeout(
 def test_one_process_and_workers_run_on_asyncios_loop(monkeypatch: Any, tiny_weights: Path) -> None:
     """Not uvloop: libuv accepts one connection per loop turn, and under load a burst of
     new connections waited seconds in the listen backlog (client timeouts at c=1,000)."""
-    from service import cli
+    from vae_service.server import cli
 
     seen: list[dict[str, Any]] = []
     monkeypatch.setattr(cli.uvicorn, "run", lambda app, **options: seen.append(options))

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from model.pretrained import DEFAULT_WEIGHTS
-from service.cli import build_parser, read_settings
-from service.settings import Settings, get_settings
+from vae_service.model.pretrained import DEFAULT_WEIGHTS
+from vae_service.server.cli import build_parser, read_settings
+from vae_service.server.settings import Settings, get_settings
 
 
 def test_defaults_serve_the_bundled_weights_on_port_8000(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""The procedural ``shapes`` data set (model/shapes.py) and its loader."""
+"""The procedural ``shapes`` data set (training/shapes.py) and its loader."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import shapes
-from model.data import DataError, load_dataset
+from vae_service.training import shapes
+from vae_service.training.data import DataError, load_dataset
 
 
 def test_generation_is_deterministic_in_the_seed():

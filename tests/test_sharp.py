@@ -8,14 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
-from model import VAE, load_weights
-from model import adversarial as A
-from model.compare import main as compare_main
-from model.config import VAEConfig
-from model.finetune import main as finetune_main
-from model.metrics import data_sharpness, mean_gradient
-from model.quality import sharpness_ratios
-from model.weights import save_weights
+from vae_service.model import VAE, load_weights
+from vae_service.model.config import VAEConfig
+from vae_service.model.weights import save_weights
+from vae_service.training import adversarial as A
+from vae_service.training.compare import main as compare_main
+from vae_service.training.finetune import main as finetune_main
+from vae_service.training.metrics import data_sharpness, mean_gradient
+from vae_service.training.quality import sharpness_ratios
 
 
 def test_mean_gradient_of_a_step_edge() -> None:

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from model.pretrained import DEFAULT_WEIGHTS
-from service.npy import MEDIA_TYPE as NPY
+from vae_service.model.pretrained import DEFAULT_WEIGHTS
+from vae_service.server.npy import MEDIA_TYPE as NPY
 
 pytestmark = [
     pytest.mark.slow,

@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from model import load_weights
-from model import train as model_train
-from model.checkpoint import checkpoint_path
-from model.distributed import DistContext, parameter_digest
-from model.train import main
-from model.vae import VAE
+from vae_service.model import load_weights
+from vae_service.model.vae import VAE
+from vae_service.training import train as model_train
+from vae_service.training.checkpoint import checkpoint_path
+from vae_service.training.distributed import DistContext, parameter_digest
+from vae_service.training.train import main
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 TINY_ARGS = [
@@ -203,7 +203,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> Non
         "--nproc_per_node",
         "2",
         "-m",
-        "model.train",
+        "vae_service.training.train",
         *TINY_ARGS,
         "--epochs",
         "1",

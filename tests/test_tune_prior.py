@@ -10,14 +10,14 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
-from model import VAE, load_weights
-from model.evaluate import main as eval_main
-from model.loss import gaussian_kl, kl_to_prior
-from model.metrics import evaluate_elbo, iwae_nll
-from model.prior import FittedPrior, fit_prior
-from model.tune_prior import LearnedPrior
-from model.tune_prior import main as tune_main
 from tests.test_prior import image_folder
+from vae_service.model import VAE, load_weights
+from vae_service.model.loss import gaussian_kl, kl_to_prior
+from vae_service.model.prior import FittedPrior, fit_prior
+from vae_service.training.evaluate import main as eval_main
+from vae_service.training.metrics import evaluate_elbo, iwae_nll
+from vae_service.training.tune_prior import LearnedPrior
+from vae_service.training.tune_prior import main as tune_main
 
 
 def standard_mixture(latent_dim: int = 4) -> FittedPrior:

@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save, save_file
 
-from model import VAE, WeightsError, load_weights, save_weights
-from model.weights import FORMAT_VERSION, MODEL_PREFIX, encode_metadata, write_atomic
+from vae_service.model import VAE, WeightsError, load_weights, save_weights
+from vae_service.model.weights import FORMAT_VERSION, MODEL_PREFIX, encode_metadata, write_atomic
 
 
 def _tensors(model: VAE) -> dict[str, torch.Tensor]:

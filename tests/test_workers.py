@@ -22,10 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from test_shutdown import load_until_gone, logged_requests
 
-from service.cli import worker_environment
-from service.metrics import MULTIPROC_DIR, QUEUE_REFRESH_S
-from service.peers import ReloadNotices
-from service.settings import Settings
+from vae_service.server.cli import worker_environment
+from vae_service.server.metrics import MULTIPROC_DIR, QUEUE_REFRESH_S
+from vae_service.server.peers import ReloadNotices
+from vae_service.server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DECODE = {"endpoint": "/decode", "method": "POST", "status": "200", "model": "tiny"}
@@ -65,7 +65,7 @@ def test_bad_weights_stop_every_worker_before_listening(tmp_path: Path, problem:
     weights = tmp_path / "bad.safetensors"
     if problem == "corrupt":
         weights.write_bytes(b"not a safetensors file")
-    command = [sys.executable, "-m", "service.cli", "--workers", "2", "--port", "1"]
+    command = [sys.executable, "-m", "vae_service.server.cli", "--workers", "2", "--port", "1"]
     result = subprocess.run(
         [*command, "--weights", str(weights), "--device", "cpu"],
         cwd=REPO,
@@ -249,9 +249,11 @@ def test_workers_answer_without_waiting_for_delayed_acks(named: bool) -> None:
 
     import uvicorn
 
-    from service.cli import tcp_socket
+    from vae_service.server.cli import tcp_socket
 
-    bound = uvicorn.Config("service.cli:worker_app", host="127.0.0.1", port=0).bind_socket()
+    bound = uvicorn.Config(
+        "vae_service.server.cli:worker_app", host="127.0.0.1", port=0
+    ).bind_socket()
     listening = tcp_socket(bound) if named else bound
 
     async def accepted_nodelay() -> int:

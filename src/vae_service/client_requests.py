@@ -1,0 +1,260 @@
+"""Requests of the Python client (client.py), each built once and sent by
+either the sync or the async client: the body, the query, and how to read the answer."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypedDict, TypeVar
+from urllib.parse import quote
+
+import httpx
+import numpy as np
+
+NPY = "application/x-npy"
+T = TypeVar("T")
+ImageFile = bytes | str | os.PathLike[str]
+# Image files go as base64 JSON (or multipart); an array (uint8 0..255 or float32 0..1,
+# N×H×W, N×H×W×C or N×C×H×W at the model's size) takes the npy fast path.
+Images = Sequence[ImageFile] | np.ndarray
+Latents = np.ndarray | Sequence[Sequence[float]]
+Endpoint = ImageFile | Sequence[float] | np.ndarray  # of an interpolation: a file or a latent
+
+
+class VAEError(Exception):
+    """The service answered with an error status."""
+
+    def __init__(self, status_code: int, detail: Any, retry_after: float | None = None) -> None:
+        super().__init__(f"HTTP {status_code}: {detail}")
+        self.status_code = status_code
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """q(z|x) per image; ``z`` and ``seed`` only when a draw was asked for; ``model`` and
+    ``sha256``: the model and the weights file that answered (X-Model, X-Model-SHA256)."""
+
+    mean: np.ndarray
+    logvar: np.ndarray
+    z: np.ndarray | None = None
+    seed: int | None = None
+    model: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Latents and their images: PNG files, or a float32 N×H×W×C array; from /sample, also
+    the prior they were drawn from; the model and weights file that answered."""
+
+    images: list[bytes] | np.ndarray
+    z: np.ndarray | None = None
+    seed: int | None = None
+    prior: str | None = None
+    model: str | None = None
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One HTTP request and how to read its answer."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # json=, content=, files=, headers=
+    raises: bool = True  # False: the status is the answer (readiness)
+    per_model: bool = False  # a model route: under /models/{model} for a client bound to one
+
+    def route(self, model: str | None) -> str:
+        """The path to request for a client bound to ``model`` (None: the default model)."""
+        return model_path(model) + self.path if self.per_model and model else self.path
+
+
+def check_model_name(name: str) -> str:
+    """``name``, checked: a path segment of its own once quoted (not '', '.' or '..')."""
+    if not isinstance(name, str) or not name.strip("."):
+        raise ValueError(f"not a model name: {name!r}")
+    return name
+
+
+def model_path(name: str) -> str:
+    return "/models/" + quote(check_model_name(name), safe="")
+
+
+def raise_for_error(response: httpx.Response) -> httpx.Response:
+    if response.is_success:
+        return response
+    try:
+        detail = response.json().get("detail", response.text)
+    except ValueError:
+        detail = response.text
+    retry = response.headers.get("retry-after")
+    raise VAEError(response.status_code, detail, float(retry) if retry else None)
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, array, allow_pickle=False)
+    return out.getvalue()
+
+
+def read_npy(response: httpx.Response) -> np.ndarray:
+    return np.load(io.BytesIO(response.content), allow_pickle=False)
+
+
+def _file_bytes(image: ImageFile) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()
+
+
+def _image_body(images: Sequence[ImageFile], multipart: bool) -> dict[str, Any]:
+    blobs = [_file_bytes(image) for image in images]
+    if multipart:
+        return {"files": [("images", (f"image{i}", blob)) for i, blob in enumerate(blobs)]}
+    return {"json": {"images": [base64.b64encode(blob).decode() for blob in blobs]}}
+
+
+class Served(TypedDict):
+    model: str | None
+    sha256: str | None
+
+
+def _served(response: httpx.Response) -> Served:
+    """Which model, and which version of it (its file's SHA-256), answered."""
+    headers = response.headers
+    return {"model": headers.get("x-model"), "sha256": headers.get("x-model-sha256")}
+
+
+def _seed_of(response: httpx.Response) -> int | None:
+    seed = response.headers.get("x-seed")
+    return int(seed) if seed else None
+
+
+def _pngs(encoded: list[str]) -> list[bytes]:
+    return [base64.b64decode(text) for text in encoded]
+
+
+def _json_encoding(response: httpx.Response) -> Encoding:
+    body = response.json()
+    z = body.get("z")
+    return Encoding(
+        np.asarray(body["mean"], np.float32),
+        np.asarray(body["logvar"], np.float32),
+        None if z is None else np.asarray(z, np.float32),
+        body.get("seed"),
+        **_served(response),
+    )
+
+
+def _npy_encoding(response: httpx.Response) -> Encoding:
+    # N×2×D (mean, logvar), or N×3×D with the draw z when ?sample=true.
+    rows = read_npy(response)
+    z = rows[:, 2] if rows.shape[1] == 3 else None
+    return Encoding(rows[:, 0], rows[:, 1], z, _seed_of(response), **_served(response))
+
+
+def _json_decoded(response: httpx.Response) -> Decoded:
+    body = response.json()
+    z = body.get("z")
+    z = None if z is None else np.asarray(z, np.float32)
+    return Decoded(
+        _pngs(body["images"]), z, body.get("seed"), body.get("prior"), **_served(response)
+    )
+
+
+def _npy_decoded(response: httpx.Response) -> Decoded:
+    return Decoded(
+        read_npy(response),
+        seed=_seed_of(response),
+        prior=response.headers.get("x-prior"),
+        **_served(response),
+    )
+
+
+def _draw_params(sample: bool, seed: int | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"sample": "true"} if sample else {}
+    if seed is not None:
+        params["seed"] = seed
+    return params
+
+
+def encode_call(
+    images: Images,
+    sample: bool = False,
+    seed: int | None = None,
+    multipart: bool = False,
+) -> Call[Encoding]:
+    params = _draw_params(sample, seed)
+    if isinstance(images, np.ndarray):
+        body = {"content": npy_bytes(images), "headers": {"content-type": NPY}}
+        params["format"] = "npy"
+        return Call("POST", "/encode", _npy_encoding, params, body, per_model=True)
+    body = _image_body(images, multipart)
+    return Call("POST", "/encode", _json_encoding, params, body, per_model=True)
+
+
+def decode_call(z: Latents, as_array: bool) -> Call[Decoded]:
+    body = {"json": {"z": np.asarray(z, np.float64).tolist()}}
+    if as_array:
+        return Call("POST", "/decode", _npy_decoded, {"format": "npy"}, body, per_model=True)
+    return Call("POST", "/decode", _json_decoded, {}, body, per_model=True)
+
+
+def reconstruct_call(images: Images, multipart: bool) -> Call[Decoded]:
+    if isinstance(images, np.ndarray):
+        body = {"content": npy_bytes(images), "headers": {"content-type": NPY}}
+        return Call("POST", "/reconstruct", _npy_decoded, {"format": "npy"}, body, per_model=True)
+    body = _image_body(images, multipart)
+    return Call("POST", "/reconstruct", _json_decoded, {}, body, per_model=True)
+
+
+def sample_call(
+    n: int, seed: int | None, temperature: float, as_array: bool, prior: str | None = None
+) -> Call[Decoded]:
+    params = {"n": n, "temperature": temperature, **_draw_params(False, seed)}
+    if prior is not None:  # else the server's default: fitted when the weights carry one
+        params["prior"] = prior
+    if as_array:
+        return Call("GET", "/sample", _npy_decoded, {**params, "format": "npy"}, per_model=True)
+    return Call("GET", "/sample", _json_decoded, params, per_model=True)
+
+
+def interpolate_call(start: Endpoint, end: Endpoint, steps: int) -> Call[Decoded]:
+    if isinstance(start, bytes | str | os.PathLike) and isinstance(end, bytes | str | os.PathLike):
+        body = _image_body([start, end], multipart=False)
+    else:
+        body = {"json": {"z": [np.asarray(start, float).tolist(), np.asarray(end, float).tolist()]}}
+    return Call("POST", "/interpolate", _json_decoded, {"steps": steps}, body, per_model=True)
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    return dict(response.json())
+
+
+def json_call(path: str) -> Call[dict[str, Any]]:
+    return Call("GET", path, _json)
+
+
+def ready_call(model: str | None) -> Call[bool]:
+    """True once the model (None: the default one) is loaded and warmed up."""
+    path = model_path(model) + "/ready" if model else "/readyz"
+    return Call("GET", path, lambda response: response.is_success, raises=False)
+
+
+def info_call(model: str | None) -> Call[dict[str, Any]]:
+    """What is served as ``model`` (None: the default model): weights, metadata, SHA-256."""
+    return json_call(model_path(model) if model else "/model")
+
+
+def reload_call(model: str, admin_key: str | None) -> Call[dict[str, Any]]:
+    """Load the model's file again and swap it in; the key goes as a bearer token (else
+    the client's own Authorization header, if any, is sent)."""
+    headers = {"authorization": f"Bearer {admin_key}"} if admin_key is not None else {}
+    return Call("POST", model_path(model) + "/reload", _json, options={"headers": headers})

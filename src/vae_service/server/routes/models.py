@@ -1,0 +1,114 @@
+"""The model repository's routes: /models, /models/{model}, its readiness, and the
+admin reload. The inference routes under /models/{model}/ are routes/inference.py's,
+included a second time (routes/__init__.py)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, Field
+
+from vae_service.server.api_docs import error_responses
+from vae_service.server.auth import bearer_token, digest, key_matches
+from vae_service.server.deps import ModelName, Repository, Runtime, serving, tag
+from vae_service.server.errors import Forbidden, ModelNotFound, Unprocessable
+from vae_service.server.model_entries import Entry, UnknownModel
+from vae_service.server.routes.ops import describe
+from vae_service.server.schemas import ModelInfo, Status
+from vae_service.server.settings import BackendName
+
+router = APIRouter(tags=["models"])
+
+
+class ModelSummary(BaseModel):
+    name: str = Field(examples=["fashion-mnist"])
+    default: bool = Field(description="Whether the un-prefixed routes (/encode, ...) serve it")
+    state: Literal["loading", "ready", "failed"]
+    error: str | None = Field(
+        description="Why the last load failed (an older version may still serve); null if none"
+    )
+    sha256: str | None = Field(description="SHA-256 of the file of the version serving")
+    image_shape: list[int] | None = Field(description="C, H, W", examples=[[1, 28, 28]])
+    latent_dim: int | None
+    backend: BackendName | None = Field(
+        description="What runs the version serving (VAE_BACKEND); null if none serves"
+    )
+    prior: Literal["standard", "fitted"] | None = Field(
+        description="The prior /sample uses by default"
+    )
+
+
+class ModelList(BaseModel):
+    default: str
+    models: list[ModelSummary]
+
+
+def summary(entry: Entry, default: str) -> ModelSummary:
+    runtime = entry.live.runtime if entry.live else None
+    return ModelSummary(
+        name=entry.name,
+        default=entry.name == default,
+        state=entry.state,  # type: ignore[arg-type]
+        error=entry.error,
+        sha256=entry.live.sha256 if entry.live else None,
+        image_shape=list(runtime.config.image_shape) if runtime else None,
+        latent_dim=runtime.config.latent_dim if runtime else None,
+        backend=runtime.backend.name if runtime else None,
+        prior=None if runtime is None else ("fitted" if runtime.prior else "standard"),
+    )
+
+
+@router.get("/models", response_model=ModelList, responses=error_responses(401, 503))
+async def list_models(repository: Repository) -> ModelList:
+    """Every model in the repository, its state and the version serving it."""
+    entries = [repository.entries[name] for name in repository.names()]
+    return ModelList(
+        default=repository.default, models=[summary(e, repository.default) for e in entries]
+    )
+
+
+@router.get("/models/{model}", response_model=ModelInfo, responses=error_responses(401, 404, 503))
+async def model_info(model: ModelName, runtime: Runtime) -> ModelInfo:
+    """What /model gives, for this model."""
+    return describe(runtime, model)
+
+
+@router.get(
+    "/models/{model}/ready", response_model=Status, responses=error_responses(401, 404, 503)
+)
+async def model_ready(model: ModelName, repository: Repository, request: Request) -> Status:
+    """200 once this model is loaded and warmed up; 503 before."""
+    tag(request, model, serving(repository, model).sha256)
+    return Status(status="ready")
+
+
+async def require_admin(request: Request) -> None:
+    """403 unless the request carries one of VAE_ADMIN_KEYS (none set: always 403)."""
+    digests = [digest(key.get_secret_value()) for key in request.app.state.settings.admin_keys]
+    if not digests:
+        raise Forbidden("admin operations are disabled: set VAE_ADMIN_KEYS to enable them")
+    token = bearer_token(request.headers.get("authorization", ""))
+    if not key_matches(token, digests):
+        raise Forbidden("admin operations need 'Authorization: Bearer <admin key>'")
+
+
+@router.post(
+    "/models/{model}/reload",
+    response_model=ModelSummary,
+    dependencies=[Depends(require_admin)],
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def reload_model(model: ModelName, repository: Repository, request: Request) -> ModelSummary:
+    """Load the model's file again now, warm it up beside the serving version, and
+    swap it in; a file that does not load leaves the old version serving (422). With
+    several workers, the others follow within VAE_MODEL_POLL_S."""
+    try:
+        entry = await repository.reload(model)
+    except UnknownModel as exc:
+        raise ModelNotFound(str(exc)) from None
+    if entry.live is not None:
+        tag(request, model, entry.live.sha256)
+    if entry.error is not None:
+        raise Unprocessable(entry.error)
+    return summary(entry, repository.default)

@@ -1,0 +1,65 @@
+"""Operational endpoints: liveness, readiness, metrics, and what model is being served."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from vae_service.server.api_docs import error_responses
+from vae_service.server.deps import Repository, Runtime, serving
+from vae_service.server.runtime import ModelRuntime
+from vae_service.server.schemas import FittedPriorInfo, ModelInfo, Status
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Status)
+async def healthz() -> Status:
+    """200 while the process lives, loaded or not."""
+    return Status(status="ok")
+
+
+@router.get("/readyz", response_model=Status, responses=error_responses(503))
+async def readyz(repository: Repository) -> Status:
+    """200 once the default model is loaded and warmed up; 503 before."""
+    serving(repository, None)
+    return Status(status="ready")
+
+
+@router.get("/model", response_model=ModelInfo, responses=error_responses(503))
+async def model_info(runtime: Runtime, repository: Repository) -> ModelInfo:
+    """The default model's weights: their metadata, where they run, and the file's SHA-256."""
+    return describe(runtime, repository.default)
+
+
+def describe(runtime: ModelRuntime, name: str) -> ModelInfo:
+    ckpt, cfg = runtime.checkpoint, runtime.config
+    return ModelInfo(
+        name=name,
+        weights=Path(ckpt.path).name,
+        sha256=ckpt.sha256,
+        format_version=int(ckpt.metadata.get("format_version", 0)),
+        device=str(runtime.device),
+        backend=runtime.backend.name,
+        latent_dim=cfg.latent_dim,
+        image_size=cfg.image_size,
+        channels=cfg.channels,
+        likelihood=cfg.likelihood,
+        config=cfg.to_dict(),
+        data=ckpt.metadata.get("data") or {},
+        training=ckpt.metadata.get("training") or {},
+        prior=FittedPriorInfo(**runtime.prior.describe()) if runtime.prior else None,
+    )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics: requests by endpoint and status, latencies, batch sizes,
+    queue depth, model load time and identity; with several workers, over all of them."""
+    return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
