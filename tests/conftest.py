@@ -159,7 +159,7 @@ def uvicorn_thread(settings: Settings) -> Iterator[str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    options = {k: cli.server_options(settings)[k] for k in ("loop", "http")}  # as vae-serve
+    options = {"loop": cli.server_options(settings)["loop"]}  # as vae-serve
     server = uvicorn.Server(
         uvicorn.Config(create_app(settings), port=port, log_level="warning", **options)
     )

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 from sklearn.metrics import mutual_info_score
 
-from vae_service.model import VAE, VAEConfig, shapes
+from vae_service.model import VAE, VAEConfig
+from vae_service.training import shapes
 from vae_service.training.disentangle import (
     active_dims,
     discretise,

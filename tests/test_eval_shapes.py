@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vae_service.model import VAE, VAEConfig, save_weights, shapes
+from vae_service.model import VAE, VAEConfig, save_weights
 from vae_service.model.loss import elbo_terms
+from vae_service.training import shapes
 from vae_service.training.evaluate import main
 
 TINY_RGB = VAEConfig(image_size=64, channels=3, latent_dim=4, widths=(8, 8, 8, 8), hidden_dim=16)

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from vae_service.model import VAE, metrics
+from vae_service.model import VAE
+from vae_service.training import metrics
 from vae_service.training.evaluate import main
 from vae_service.training.metrics import (
     active_units,

@@ -1,5 +1,6 @@
-"""server/leases.py: a lease taken during a request is given back when it ends, however
-it ends, and taking one where nothing would give it back fails loudly."""
+"""server/serving.py's ``holding``: the version a request holds is given back when the
+request ends, however it ends (answered, refused, failed, cancelled), and a refusal or a
+failure names the version that was serving."""
 
 from __future__ import annotations
 
@@ -9,53 +10,43 @@ from typing import Any
 
 import pytest
 from starlette.requests import Request
-from starlette.types import Message
 
-from vae_service.server.leases import ReleaseLeases, hold
+from vae_service.server.errors import ModelFailure, Unprocessable
 from vae_service.server.model_entries import Version
+from vae_service.server.serving import Served, holding
+
+OUTCOMES = {"refused": Unprocessable("no"), "failed": ValueError("boom")}
 
 
-def version() -> Version:
-    return Version(runtime=SimpleNamespace())  # type: ignore[arg-type]
+def served(version: Version) -> Served:
+    request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
+    return Served("tiny", version, request, deadline=0.0, timeout_s=1.0)
 
 
-def scope() -> dict[str, Any]:
-    return {"type": "http", "method": "GET", "path": "/", "headers": [], "query_string": b""}
-
-
-async def receive() -> Message:
-    return {"type": "http.request", "body": b""}
-
-
-async def send(message: Message) -> None:
-    pass
-
-
-@pytest.mark.parametrize("outcome", ["answered", "failed", "cancelled"])
+@pytest.mark.parametrize("outcome", ["answered", "refused", "failed", "cancelled"])
 def test_the_lease_is_given_back_when_the_request_ends(outcome: str) -> None:
-    held, seen = version(), []
+    version = Version(runtime=SimpleNamespace(checkpoint=SimpleNamespace(sha256="ab" * 32)))  # type: ignore[arg-type]
+    seen: list[int] = []
+    raised: list[BaseException] = []
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        hold(Request(scope), held)
-        seen.append(held.leases)
-        if outcome == "failed":
-            raise ValueError("boom")
-        if outcome == "cancelled":
-            await asyncio.sleep(10)
+    async def request() -> None:
+        async with holding(served(version)):
+            seen.append(version.leases)
+            if outcome in OUTCOMES:
+                raise OUTCOMES[outcome]
+            if outcome == "cancelled":
+                await asyncio.sleep(10)
 
     async def run() -> None:
-        task = asyncio.ensure_future(ReleaseLeases(app)(scope(), receive, send))
+        task = asyncio.ensure_future(request())
         await asyncio.sleep(0.01)
         task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        raised.extend(e for e in await asyncio.gather(task, return_exceptions=True) if e)
 
-    held.retired = True
+    version.retired = True
     asyncio.run(run())
-    assert seen == [1] and held.leases == 0 and held.released.is_set()
-
-
-def test_holding_without_the_middleware_fails_loudly() -> None:
-    held = version()
-    with pytest.raises(RuntimeError, match="ReleaseLeases"):
-        hold(Request(scope()), held)
-    assert held.leases == 0
+    assert seen == [1] and version.leases == 0 and version.released.is_set()
+    if outcome in OUTCOMES:
+        headers: Any = raised[0].headers  # type: ignore[attr-defined]
+        assert headers["X-Model"] == "tiny" and headers["X-Model-SHA256"] == "ab" * 32
+        assert isinstance(raised[0], ModelFailure) == (outcome == "failed")

@@ -144,7 +144,7 @@ def parsed(stream: io.StringIO) -> list[dict]:
 def test_one_json_line_per_request(client: TestClient, log_lines: io.StringIO) -> None:
     client.post("/decode", json=Z, headers={"X-Request-ID": "log-me-1"})
     (line,) = [e for e in parsed(log_lines) if e.get("request_id") == "log-me-1"]
-    assert line["logger"] == "vae_service.server.access" and line["level"] == "info"
+    assert line["logger"] == "service.access" and line["level"] == "info"
     assert (line["method"], line["path"], line["status"]) == ("POST", "/decode", 200)
     assert 0 < line["duration_ms"] < 10_000 and re.fullmatch(
         r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"]

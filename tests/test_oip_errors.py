@@ -481,39 +481,3 @@ def test_a_well_formed_request_after_all_of_them_still_works(http: httpx.Client)
     answer = http.post(DECODE, **binary_z(np.zeros((2, 4))))
     assert answer.status_code == 200
     assert orjson.loads(answer.content)["outputs"][0]["shape"] == [2, 1, 28, 28]
-
-
-def test_error_bodies_are_rewritten_only_under_v2() -> None:
-    """ProtocolErrors on a bare app: {"detail": ...} errors under /v2 (a validation list
-    included, a body sent in pieces too) become {"error": "..."}; others pass untouched."""
-    from starlette.applications import Starlette
-    from starlette.responses import JSONResponse, StreamingResponse
-    from starlette.routing import Route
-    from starlette.testclient import TestClient
-
-    from vae_service.server.oip.errors import ProtocolErrors
-
-    async def invalid(request: Any) -> JSONResponse:
-        detail = [{"loc": ["body", "z"], "msg": "Field required", "type": "missing"}]
-        return JSONResponse({"detail": detail}, status_code=422, headers={"X-Kept": "1"})
-
-    async def in_pieces(request: Any) -> StreamingResponse:
-        async def pieces() -> Any:
-            yield b'{"detail":'
-            yield b'"too slow"}'
-
-        return StreamingResponse(pieces(), status_code=504, media_type="application/json")
-
-    async def fine(request: Any) -> JSONResponse:
-        return JSONResponse({"detail": "not an error"})
-
-    paths = {"/v2/invalid": invalid, "/v2/slow": in_pieces, "/v2/fine": fine, "/invalid": invalid}
-    app = ProtocolErrors(Starlette(routes=[Route(p, f) for p, f in paths.items()]))
-    with TestClient(app) as tc:
-        answer = tc.get("/v2/invalid")
-        assert answer.status_code == 422 and answer.headers["x-kept"] == "1"
-        assert answer.json() == {"error": "body.z: Field required"}
-        assert int(answer.headers["content-length"]) == len(answer.content)
-        assert tc.get("/v2/slow").json() == {"error": "too slow"}
-        assert tc.get("/v2/fine").json() == {"detail": "not an error"}  # a 200 is no error
-        assert tc.get("/invalid").json()["detail"][0]["msg"] == "Field required"

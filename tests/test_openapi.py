@@ -13,7 +13,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from vae_service.server.main import create_app
-from vae_service.server.routes.bodies import is_base64
+from vae_service.server.request_bodies import is_base64
 from vae_service.server.schemas import BASE64_PATTERN, LIVE
 from vae_service.server.settings import Settings
 

@@ -28,7 +28,7 @@ from vae_service.server.routes import playground
 from vae_service.server.settings import Settings
 from vae_service.training.data import IDX_DIRS, load_idx_split
 
-STATIC = Path(__file__).resolve().parents[1] / "service" / "static"
+STATIC = Path(__file__).resolve().parents[1] / "src" / "vae_service" / "server" / "static"
 EXAMPLES = STATIC / "examples"
 LABELS = (
     "T-shirt/top",

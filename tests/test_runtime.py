@@ -18,7 +18,7 @@ from torch import Tensor
 from vae_service.model import load_weights
 from vae_service.server.batch_jobs import Operation
 from vae_service.server.main import create_app
-from vae_service.server.routes.bodies import decode_inline
+from vae_service.server.request_bodies import decode_inline
 from vae_service.server.runtime import Batching, ModelRuntime, run_guarded, torch_threads
 from vae_service.server.settings import Settings
 

@@ -46,7 +46,7 @@ def test_every_stderr_line_is_a_json_log_line(
     uvicorn = [e["message"] for e in entries if e["logger"].startswith("uvicorn")]
     for start in UVICORN_LINES:
         assert any(message.startswith(start) for message in uvicorn), (start, uvicorn)
-    access = [e for e in entries if e["logger"] == "vae_service.server.access"]
+    access = [e for e in entries if e["logger"] == "service.access"]
     assert [(e["path"], e["status"]) for e in access if e["path"] == "/healthz"] == [
         ("/healthz", 200)
     ]

@@ -1,16 +1,19 @@
 """vae-serve --workers N: settings reach every worker, bad weights stop it before it
-listens, /metrics from any worker sums over all of them, and SIGTERM drains them all."""
+listens, /metrics from any worker sums over all of them, SIGTERM drains them all, and no
+worker outlives its supervisor."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,9 +25,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 from test_shutdown import load_until_gone, logged_requests
 
-from vae_service.server.cli import worker_environment
+from vae_service.server.cli import PROG, worker_environment
 from vae_service.server.metrics import MULTIPROC_DIR, QUEUE_REFRESH_S
-from vae_service.server.peers import ReloadNotices
+from vae_service.server.reload_notices import ReloadNotices
 from vae_service.server.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +111,49 @@ def wait_for_workers(server: Any, count: int, timeout_s: float = 120) -> None:
         time.sleep(0.2)
 
 
+def process_tree(root: int) -> list[int]:
+    """``root`` and every process descended from it, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    tree = [root]
+    for pid in tree:  # grows as it goes: each process's children after it
+        tree.extend(children.get(pid, []))
+    return tree
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs still; a zombie (ended, not yet reaped) does not."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def start_workers(start_server: Callable[..., Any]) -> Iterator[Callable[..., Any]]:
+    """``start_server`` for vae-serve --workers. At teardown the supervisor is frozen, so
+    that it starts no replacement, then it and every process it started are killed
+    (conftest's teardown kills the supervisor alone)."""
+    servers: list[Any] = []
+
+    def start(*flags: str) -> Any:
+        servers.append(start_server(*flags))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        if server.process.poll() is None:
+            server.process.send_signal(signal.SIGSTOP)
+            for pid in process_tree(server.process.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            server.process.wait()
+
+
 def fresh_connection(method: str, url: str, **kwargs: Any) -> httpx.Response:
     """One request on a connection of its own, so that either worker may accept it."""
     with httpx.Client(timeout=30) as client:
@@ -116,7 +162,7 @@ def fresh_connection(method: str, url: str, **kwargs: Any) -> httpx.Response:
 
 @pytest.fixture
 def two_workers(
-    start_server: Callable[..., Any],
+    start_workers: Callable[..., Any],
     tiny_weights: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -124,7 +170,7 @@ def two_workers(
     """vae-serve with 2 workers, both up, and its Prometheus multiprocess folder."""
     folder = tmp_path / "metrics"
     monkeypatch.setenv(MULTIPROC_DIR, str(folder))
-    server = start_server("--weights", str(tiny_weights), "--device", "cpu", "--workers", "2")
+    server = start_workers("--weights", str(tiny_weights), "--device", "cpu", "--workers", "2")
     wait_for_workers(server, 2)
     return server, folder
 
@@ -214,7 +260,7 @@ def test_a_reload_notice_reaches_the_other_workers_once(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_a_reload_reaches_every_worker(
-    start_server: Callable[..., Any],
+    start_workers: Callable[..., Any],
     tiny_weights: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -222,7 +268,7 @@ def test_a_reload_reaches_every_worker(
     monkeypatch.setenv(MULTIPROC_DIR, str(tmp_path / "metrics"))
     monkeypatch.setenv("VAE_ADMIN_KEYS", "admin-key")
     flags = ("--device", "cpu", "--workers", "2", "--model-poll-s", "0.2")
-    server = start_server("--weights", str(tiny_weights), *flags)
+    server = start_workers("--weights", str(tiny_weights), *flags)
     wait_for_workers(server, 2)
     reply = fresh_connection(
         "POST", f"{server.url}/models/tiny/reload", headers={"Authorization": "Bearer admin-key"}
@@ -240,21 +286,21 @@ def test_a_reload_reaches_every_worker(
     assert server.log.read_text().count("reloading, as another worker did") == 1
 
 
-@pytest.mark.parametrize("named", [True, False])
-def test_workers_answer_without_waiting_for_delayed_acks(named: bool) -> None:
-    """The workers' shared socket names its protocol, so asyncio turns Nagle's algorithm
-    off on every connection it accepts (as it does when it binds the socket itself).
-    Unnamed, an answer's body waited for the client's delayed ACK of its head: 44 ms."""
-    import socket
-
+@pytest.mark.parametrize("ours", [True, False])
+def test_workers_answer_without_waiting_for_delayed_acks(ours: bool) -> None:
+    """Every connection accepted from the workers' shared socket has Nagle's algorithm
+    off, as when asyncio binds the socket itself. Bound by uvicorn for its workers, they
+    had it on, and an answer's body waited for the client's delayed ACK of its head: 44 ms."""
     import uvicorn
 
-    from vae_service.server.cli import tcp_socket
+    from vae_service.server.cli import listening_socket
 
-    bound = uvicorn.Config(
-        "vae_service.server.cli:worker_app", host="127.0.0.1", port=0
-    ).bind_socket()
-    listening = tcp_socket(bound) if named else bound
+    app = "vae_service.server.cli:worker_app"
+    if ours:  # as uvicorn.run(fd=...) takes it over: a duplicate of its fd
+        with listening_socket("127.0.0.1", 0) as bound:
+            listening = uvicorn.Config(app, fd=bound.fileno()).bind_socket()
+    else:  # as uvicorn.run binds it for its workers
+        listening = uvicorn.Config(app, host="127.0.0.1", port=0).bind_socket()
 
     async def accepted_nodelay() -> int:
         accepted: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -272,4 +318,66 @@ def test_workers_answer_without_waiting_for_delayed_acks(named: bool) -> None:
             writer.close()
             server.close()
 
-    assert asyncio.run(accepted_nodelay()) == (1 if named else 0)
+    assert asyncio.run(accepted_nodelay()) == (1 if ours else 0)
+
+
+@pytest.mark.slow
+def test_workers_end_with_their_supervisor_however_it_ends(
+    two_workers: tuple[Any, Path],
+) -> None:
+    """SIGKILL runs nothing in vae-serve: its workers go because each asked Linux to be
+    sent SIGTERM when it ends (PR_SET_PDEATHSIG)."""
+    server, _ = two_workers
+    started = process_tree(server.process.pid)[1:]
+    assert len(started) >= 2, started  # the workers (and multiprocessing's resource tracker)
+    server.process.kill()
+    server.process.wait()
+    deadline = time.monotonic() + 60
+    while left := [pid for pid in started if running(pid)]:
+        assert time.monotonic() < deadline, f"still running after SIGKILL: {left}"
+        time.sleep(0.2)
+
+
+FAILING_WORKERS = """
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from vae_service.server import cli
+
+
+@asynccontextmanager
+async def cannot_start(app):
+    raise RuntimeError("this worker cannot start")
+    yield
+
+
+cli.worker_app = lambda: FastAPI(lifespan=cannot_start)  # each worker runs this file first
+
+if __name__ == "__main__":
+    cli.main()
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_that_fails_to_start_stops_vae_serve(tiny_weights: Path, tmp_path: Path) -> None:
+    """About 70 s: uvicorn's supervisor notices an ended worker when its health check,
+    sent as the worker exited, times out (60 s)."""
+    script = tmp_path / "failing_workers.py"
+    script.write_text(FAILING_WORKERS)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    flags = ["--weights", str(tiny_weights), "--device", "cpu", "--workers", "2"]
+    result = subprocess.run(
+        [sys.executable, str(script), *flags, "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"{PROG}: a worker process failed to start (its error is in the log above)"
+    )

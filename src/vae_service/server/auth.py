@@ -14,8 +14,9 @@ from pydantic import SecretStr
 from starlette.applications import Starlette
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from vae_service.server.errors import error_response
 
 # Probes (load balancers, Kubernetes) must reach these without a key.
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
@@ -66,12 +67,8 @@ class ApiKeyAuth:
         if scope["type"] != "http" or is_open(scope["path"]) or self._allowed(scope):
             await self.app(scope, receive, send)
             return
-        reply = JSONResponse(
-            {"detail": "missing or invalid API key (Authorization: Bearer <key>)"},
-            status_code=401,
-            headers=CHALLENGE,
-        )
-        await reply(scope, receive, send)
+        detail = "missing or invalid API key (Authorization: Bearer <key>)"
+        await error_response(scope["path"], 401, detail, CHALLENGE)(scope, receive, send)
 
     def _allowed(self, scope: Scope) -> bool:
         token = bearer_token(Headers(scope=scope).get("authorization", ""))

@@ -7,11 +7,12 @@ request in flight (for up to ``graceful_shutdown_s``), drain the batcher, exit 0
 Everything it logs, uvicorn's own lines included, is one JSON object per line on stderr.
 
 ``--workers N`` (N > 1) runs N worker processes on the one port under uvicorn's
-supervisor. The weights are still checked once here, before listening; then each worker
-builds its own app (``worker_app``, settings through the ``VAE_*`` environment), loads
-its own models and batchers, and writes its metrics to ``PROMETHEUS_MULTIPROC_DIR``, so
-that /metrics from any worker covers them all. SIGTERM stops listening and drains every
-worker; vae-serve exits 0 once all have finished.
+supervisor (``uvicorn.run(..., workers=N)``). The weights are still checked once here,
+before listening; then each worker builds its own app (``worker_app``, settings through
+the ``VAE_*`` environment), loads its own models and batchers, and writes its metrics to
+``PROMETHEUS_MULTIPROC_DIR``, so that /metrics from any worker covers them all. SIGTERM
+drains every worker; vae-serve exits 0 once all have finished. A worker ends with its
+supervisor, however that ends.
 """
 
 from __future__ import annotations
@@ -26,22 +27,20 @@ import socket
 import sys
 import tempfile
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
 from pydantic import SecretStr, ValidationError
-from uvicorn.config import STARTUP_FAILURE
-from uvicorn.supervisors import Multiprocess
 
 from vae_service.model import Checkpoint, WeightsError
 from vae_service.model.device import resolve_device
 from vae_service.server.cpus import usable_cpus
-from vae_service.server.http_protocol import GatheringHttpToolsProtocol
 from vae_service.server.main import create_app
 from vae_service.server.metrics import MULTIPROC_DIR
 from vae_service.server.observability import server_log_config
+from vae_service.server.process import end_with_supervisor
 from vae_service.server.runtime import DeviceError, load_checkpoint
 from vae_service.server.settings import Settings, env_name
 
@@ -135,6 +134,7 @@ def worker_environment(settings: Settings) -> dict[str, str | None]:
 def worker_app() -> FastAPI:
     """One worker's app (``--workers`` > 1): settings from the environment vae-serve
     set, its own models, its metrics in PROMETHEUS_MULTIPROC_DIR."""
+    end_with_supervisor()
     logging.captureWarnings(True)
     return create_app(Settings())
 
@@ -150,24 +150,6 @@ def metrics_folder() -> tuple[Path, bool]:
             stale.unlink()
         return folder, False
     return Path(tempfile.mkdtemp(prefix="vae-serve-metrics-")), True
-
-
-class Supervisor(Multiprocess):
-    """uvicorn's worker supervisor, which also closes its own copy of the listening
-    socket on SIGTERM and SIGINT: while the workers drain, new connections are refused
-    rather than left waiting in the backlog until every process has exited."""
-
-    def stop_listening(self) -> None:
-        for sock in self.sockets:
-            sock.close()
-
-    def handle_term(self) -> None:
-        self.stop_listening()
-        super().handle_term()
-
-    def handle_int(self) -> None:
-        self.stop_listening()
-        super().handle_int()
 
 
 def server_options(settings: Settings) -> dict[str, typing.Any]:
@@ -188,21 +170,46 @@ def server_options(settings: Settings) -> dict[str, typing.Any]:
         # the listen backlog (BENCHMARKS.md, "Accepting bursts of connections");
         # asyncio accepts the whole backlog at once, at the same CPU per request here.
         "loop": "asyncio",
-        "http": GatheringHttpToolsProtocol,
     }
 
 
-def tcp_socket(sock: socket.socket) -> socket.socket:
-    """``sock`` with its protocol named: asyncio sets TCP_NODELAY only on accepted sockets
-    whose protocol is IPPROTO_TCP, and uvicorn binds with protocol 0. Without it each
-    answer's body waited for the client's delayed ACK of its head: 44 ms a request."""
-    if sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return sock
-    return socket.socket(sock.family, sock.type, socket.IPPROTO_TCP, fileno=sock.detach())
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The workers' shared socket, bound as uvicorn binds it, and with TCP_NODELAY, which
+    every connection accepted from it inherits (Linux). The one workaround for a uvicorn
+    bug: with workers it binds with protocol 0, so asyncio leaves Nagle's algorithm on
+    and each answer's body waited 44 ms for the client's delayed ACK of its head."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        sys.exit(f"{PROG}: cannot listen on {host}:{port}: {exc}")
+    return sock
+
+
+def signals_during(run: Callable[[], None]) -> set[int]:
+    """Calls ``run``; returns the signals that came meanwhile, whatever handlers ``run``
+    installed: Python writes each one's number to the wakeup fd before calling its handler."""
+    reader, writer = socket.socketpair()
+    with reader, writer:
+        reader.setblocking(False)
+        writer.setblocking(False)
+        previous = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        try:
+            run()
+        finally:
+            signal.set_wakeup_fd(previous)
+        try:
+            return set(reader.recv(4096))
+        except BlockingIOError:
+            return set()
 
 
 def serve_workers(settings: Settings) -> None:
-    """``--workers`` > 1: the supervisor, the shared socket and N worker processes."""
+    """``--workers`` > 1: uvicorn's supervisor, the shared socket and N worker processes."""
     folder, ours = metrics_folder()
     os.environ[MULTIPROC_DIR] = str(folder)
     for variable, value in worker_environment(settings).items():
@@ -210,20 +217,23 @@ def serve_workers(settings: Settings) -> None:
             os.environ.pop(variable, None)
         else:
             os.environ[variable] = value
-    config = uvicorn.Config(
-        "vae_service.server.cli:worker_app",
-        factory=True,
-        workers=settings.workers,
-        timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
-        **server_options(settings),
-    )
-    supervisor = Supervisor(config, sockets=[tcp_socket(config.bind_socket())])
     try:
-        supervisor.run()
+        with listening_socket(settings.host, settings.port) as sock:
+            received = signals_during(
+                lambda: uvicorn.run(
+                    "vae_service.server.cli:worker_app",
+                    factory=True,
+                    workers=settings.workers,
+                    fd=sock.fileno(),  # uvicorn listens on it instead of host:port
+                    timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+                    **server_options(settings),
+                )
+            )
     finally:
         if ours:
             shutil.rmtree(folder, ignore_errors=True)
-    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+    # uvicorn.run returns both when asked to stop and when a worker failed to start
+    if not received & {signal.SIGTERM, signal.SIGINT}:
         sys.exit(f"{PROG}: a worker process failed to start (its error is in the log above)")
 
 

@@ -18,6 +18,8 @@ import torch
 from numpy.lib import format as npy_format
 from torch import Tensor
 
+from vae_service.server.validation import unit_interval_error
+
 MEDIA_TYPE = "application/x-npy"
 # ITU-R 601-2 luma, the weights Pillow uses for RGB -> L, so arrays and files agree.
 _LUMA = torch.tensor([0.299, 0.587, 0.114])
@@ -112,10 +114,9 @@ def _to_unit_float(array: np.ndarray) -> Tensor:
     if array.dtype == np.uint8:
         return torch.from_numpy(array.astype(np.float32)).mul_(1 / 255)
     pixels = torch.from_numpy(array.copy())
-    if not bool(torch.isfinite(pixels).all()):
-        raise NpyError("float32 npy images must be finite; found NaN or inf")
-    if pixels.min() < 0 or pixels.max() > 1:
-        raise NpyError("float32 npy images must lie in [0, 1]; send uint8 for 0..255")
+    problem = unit_interval_error(pixels, "float32 npy images")
+    if problem is not None:
+        raise NpyError(f"{problem} (send uint8 for 0..255)")
     return pixels
 
 

@@ -2,11 +2,12 @@
 
 ``RequestObservability`` is the outermost middleware: it gives each request an id
 (the client's ``X-Request-ID`` when it is short and plain, else a fresh one), echoes it
-in the response, counts and times the request under its route template, and writes
-one JSON log line for it. An exception that escapes the app is logged with its
-traceback and the request id, and answered with a generic 500: no traceback ever
-reaches a client. It is plain ASGI, not BaseHTTPMiddleware: a few microseconds a
-request, where the throughput target leaves little room.
+in the response, counts and times the request under its route template (Starlette's
+``scope["route"]``) and the model its answer names (X-Model), and writes one JSON log
+line for it. An exception that escapes the app is logged with its traceback and the
+request id, and answered with a generic 500: no traceback ever reaches a client. A 499
+(the client left, server/serving.py) is recorded and never sent. It is plain ASGI, not
+BaseHTTPMiddleware: a few microseconds a request.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ import time
 from typing import Any
 
 import orjson
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vae_service.server.errors import ModelFailure, error_response
 from vae_service.server.metrics import Metrics
 from vae_service.server.randomness import new_request_id
 
 logger = logging.getLogger("service")
-access_logger = logging.getLogger("vae_service.server.access")
+access_logger = logging.getLogger("service.access")
 REQUEST_ID_HEADER = b"x-request-id"
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -32,10 +33,7 @@ UNMATCHED = "<unmatched>"  # one label for every unknown path, so scanners add n
 # nginx's status for a request that ended with no answer sent (its client left, or it
 # was cancelled): logged and counted under it, never sent.
 CLIENT_CLOSED = 499
-MODEL_STATE = "model"  # request.state.model: (name, SHA-256) of the version that answers
-# request.state.route_prefix: the prefix a router was included under. FastAPI keeps the
-# router's own route in scope["route"], whose path lacks it (/models/{model}/encode).
-PREFIX_STATE = "route_prefix"
+MODEL_HEADER = b"x-model"
 
 
 def request_id(scope: Scope) -> str:
@@ -49,26 +47,10 @@ def request_id(scope: Scope) -> str:
     return new_request_id()
 
 
-def served_by(scope: Scope) -> tuple[str, str] | None:
-    """(name, SHA-256) of the model version that answered, as the route's model
-    dependency recorded it (server/deps.py); None for routes that use no model."""
-    state = scope.get("state") or {}
-    served: tuple[str, str] | None = state.get(MODEL_STATE)
-    return served
-
-
-def model_headers(served: tuple[str, str]) -> list[tuple[bytes, bytes]]:
-    name, sha256 = served
-    return [(b"x-model", name.encode()), (b"x-model-sha256", sha256.encode())]
-
-
 def endpoint_of(scope: Scope) -> str:
     """The matched route's template (``/encode``), never the raw path."""
     route = scope.get("route")
-    if route is None:
-        return UNMATCHED
-    prefix: str = (scope.get("state") or {}).get(PREFIX_STATE, "")
-    return prefix + route.path
+    return UNMATCHED if route is None else str(route.path)
 
 
 class RequestObservability:
@@ -86,34 +68,31 @@ class RequestObservability:
         started = time.perf_counter()
         rid = request_id(scope)
         header = (REQUEST_ID_HEADER, rid.encode())
-        status = CLIENT_CLOSED
+        status, model = CLIENT_CLOSED, ""
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, model
             if message["type"] == "http.response.start":
                 status = message["status"]
-                served = served_by(scope)
-                extra = model_headers(served) if served else []
-                message["headers"] = [*message.get("headers", ()), header, *extra]
-            await send(message)
+                headers = message.setdefault("headers", [])
+                model = next((v.decode() for k, v in headers if k == MODEL_HEADER), "")
+                message["headers"] = [*headers, header]
+            if status != CLIENT_CLOSED:  # nobody to answer
+                await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
             logger.exception("unhandled error", extra={"fields": {"request_id": rid}})
             if status == CLIENT_CLOSED:  # nothing sent yet: answer, without details
-                status = 500
-                reply = JSONResponse(
-                    {"detail": "internal server error"}, 500, {"X-Request-ID": rid}
-                )
-                await reply(scope, receive, send)
+                headers = exc.headers if isinstance(exc, ModelFailure) else {}
+                reply = error_response(scope["path"], 500, "internal server error", headers)
+                await reply(scope, receive, send_with_id)
         finally:  # a request cancelled (client gone, shutdown timeout) is recorded too
-            self._record(scope, rid, status, time.perf_counter() - started)
+            self._record(scope, rid, status, model, time.perf_counter() - started)
 
-    def _record(self, scope: Scope, rid: str, status: int, seconds: float) -> None:
+    def _record(self, scope: Scope, rid: str, status: int, model: str, seconds: float) -> None:
         method = scope["method"] if scope["method"] in METHODS else "OTHER"
-        served = served_by(scope)
-        model = served[0] if served else ""
         self.metrics.observe_request(endpoint_of(scope), method, status, model, seconds)
         if status >= 500 or self.access_log:
             fields = {

@@ -61,19 +61,28 @@ def fill_live(node: Any, values: dict[str, Any]) -> None:
             fill_live(item, values)
 
 
-def without_null_queries(document: Document) -> None:
-    """A query parameter cannot be sent as null (it is absent instead): drop the
-    ``null`` branch FastAPI gives optional ones, so that the document allows no value
-    the server refuses."""
+def plain_query_parameters(document: Document) -> None:
+    """Each query parameter's schema written out: without the ``null`` branch FastAPI
+    gives optional ones (a query parameter is absent, never null), so that the document
+    allows no value the server refuses, and with an enum inlined, not referenced."""
+    components = document.get("components", {}).get("schemas", {})
     for operations in document.get("paths", {}).values():
         for operation in operations.values():
             for parameter in operation.get("parameters", []):
-                schema = parameter.get("schema", {})
-                branches = schema.get("anyOf", [])
-                kept = [branch for branch in branches if branch != {"type": "null"}]
-                if parameter.get("in") == "query" and len(kept) == 1 < len(branches):
-                    del schema["anyOf"]
-                    schema.update(kept[0])
+                if parameter.get("in") == "query":
+                    plain_schema(parameter["schema"], components)
+
+
+def plain_schema(schema: dict[str, Any], components: dict[str, Any]) -> None:
+    branches = [branch for branch in schema.get("anyOf", []) if branch != {"type": "null"}]
+    if len(branches) == 1 < len(schema["anyOf"]):
+        del schema["anyOf"]
+        schema.update(branches[0])
+    reference = schema.pop("$ref", None)
+    if reference is not None:
+        definition = components[reference.rsplit("/", 1)[1]]
+        kept = {k: v for k, v in definition.items() if k != "description" and k not in schema}
+        schema.update(kept)
 
 
 def live_openapi(app: FastAPI, static: Callable[[], Document]) -> Callable[[], Document]:
@@ -87,7 +96,7 @@ def live_openapi(app: FastAPI, static: Callable[[], Document]) -> Callable[[], D
         if cached is None or cached[0] is not base or cached[1] != values:
             document = copy.deepcopy(base)
             fill_live(document, values)
-            without_null_queries(document)
+            plain_query_parameters(document)
             cached = (base, values, document)
         return cached[2]
 

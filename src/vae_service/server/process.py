@@ -1,10 +1,15 @@
 """Process-wide set-up, in one place and once per process start: logging, torch's
-thread pool, Pillow's decompression-bomb limit, the garbage collector and freed memory."""
+thread pool, Pillow's decompression-bomb limit, the garbage collector, freed memory, and
+a worker's tie to its supervisor."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import multiprocessing
+import os
+import signal
+import sys
 from collections.abc import Callable
 
 import torch
@@ -20,6 +25,23 @@ def configure_process(settings: Settings) -> None:
     configure_logging(settings.log_level)
     limit_pillow_pixels(settings.max_pixels_per_image)
     torch.set_num_threads(torch_threads(settings.torch_threads))
+
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def end_with_supervisor() -> None:
+    """In a process that a multiprocessing supervisor started: SIGTERM (a graceful drain)
+    as soon as the supervisor ends, however it ends, SIGKILL included. Without it, the
+    workers of a killed vae-serve ran on, orphaned, holding their models. Linux only."""
+    supervisor = multiprocessing.parent_process()
+    if supervisor is None or not sys.platform.startswith("linux"):
+        return
+    # The signal comes when the *thread* that started this process ends: uvicorn's
+    # supervisor starts and replaces its workers from its main thread, which lives as long.
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != supervisor.pid:  # it ended before prctl: no signal will come
+        signal.raise_signal(signal.SIGTERM)
 
 
 def freeze_start_up_objects() -> None:

@@ -34,8 +34,8 @@ from vae_service.server.model_entries import (
     file_stamp,
     model_name,
 )
-from vae_service.server.peers import ReloadNotices
 from vae_service.server.process import release_memory
+from vae_service.server.reload_notices import ReloadNotices
 from vae_service.server.runtime import Batching, ModelRuntime, load_checkpoint, torch_threads
 from vae_service.server.settings import Settings
 
@@ -99,7 +99,10 @@ class ModelRepository:
         return entry
 
     def serving(self, name: str | None = None) -> Version:
-        """The version answering ``name`` (default: the default model) now."""
+        """The version answering ``name`` (default: the default model) now. Until the
+        default model's file is in VAE_MODEL_DIR, the service is not ready (503)."""
+        if name is None and self.default not in self.entries:
+            raise ModelUnavailable(f"the default model {self.default!r} is not in the repository")
         entry = self.entry(name)
         if entry.live is None:
             raise ModelUnavailable(f"model {entry.name!r} is {entry.state}: {entry.error or ''}")

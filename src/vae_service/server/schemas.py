@@ -16,7 +16,7 @@ EXAMPLE_PNG = (
     "AKcsASBLq2xRAAAAAElFTkSuQmCC"
 )
 EXAMPLE_Z = [0.12, -1.3, 0.57, 0.0]
-# Standard base64 with its padding, as routes/bodies.py checks it (no whitespace).
+# Standard base64 with its padding, as request_bodies.py checks it (no whitespace).
 BASE64_PATTERN = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?"
 LIVE = "x-live"
 
@@ -28,8 +28,8 @@ def live(**keywords: str) -> dict[str, Any]:
     return {LIVE: keywords}
 
 
-# Each bound is a setting or the model's, checked in routes/bodies.py and filled into
-# the OpenAPI document by server/openapi.py.
+# Each bound is a setting or the model's, checked in validation.py and request_bodies.py,
+# and filled into the OpenAPI document by server/openapi.py.
 LatentValue = Annotated[
     float,
     Field(
@@ -50,7 +50,12 @@ Base64Image = Annotated[
     str,
     Field(
         description="An image file (PNG, JPEG, ...), base64-encoded",
-        json_schema_extra={"pattern": f"^{BASE64_PATTERN}$", "contentEncoding": "base64"},
+        # minLength: an empty string is no image (refused with 400, as an empty file part)
+        json_schema_extra={
+            "pattern": f"^{BASE64_PATTERN}$",
+            "minLength": 1,
+            "contentEncoding": "base64",
+        },
     ),
 ]
 

@@ -123,7 +123,7 @@ class Settings(BaseSettings):
         default=0.0,
         ge=0.0,
         description=(
-            "Longest a request should wait, for the model or the event loop; while requests "
+            "Longest a request should wait for the model; while requests "
             "wait longer, new ones get 503 + Retry-After at once, and one queued past it for "
             "the model gets 503. 0 (the default): no bound; 100 suits interactive clients."
         ),

@@ -17,8 +17,7 @@ row major; a BYTES element is a 4-byte little-endian length, then the bytes.
 
 The modules: protocol.py (the constants, the protocol's models and their names and
 versions), parsing.py (an inference request's form), tensors.py (a request checked
-against its model, and its tensors' values), responses.py (the inference response) and
-errors.py (the ``{"error": ...}`` bodies of the /v2 paths). server/routes/oip.py
-serves the protocol. This file imports nothing, so server/errors.py can import
-errors.py without a cycle.
+against its model, and its tensors' values) and responses.py (the inference response).
+server/routes/oip.py serves the protocol; server/errors.py writes its ``{"error": ...}``
+bodies.
 """

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vae_service import __version__
-from vae_service.server.errors import ModelNotFound, NotReady, ServiceError
-from vae_service.server.model_entries import ModelUnavailable, UnknownModel, Version
+from vae_service.server.errors import ModelNotFound, ServiceError
+from vae_service.server.model_entries import UnknownModel, Version
 from vae_service.server.repository import ModelRepository
 from vae_service.server.runtime import ModelRuntime
 
@@ -21,7 +21,6 @@ ENCODER, DECODER = "encoder", "decoder"
 ROLES = (ENCODER, DECODER)
 VERSION_DIGITS = 12
 MAX_SEED = 2**63 - 1
-RETRY = {"Retry-After": "1"}
 # Parameters of features this server does not have: ignoring them would answer
 # something other than what was asked, so they are refused.
 UNSUPPORTED = ("shared_memory_region", "classification")
@@ -130,22 +129,15 @@ def protocol_names(repository: ModelRepository) -> list[str]:
 
 
 def resolve(repository: ModelRepository, name: str) -> ProtocolModel:
-    """The protocol model ``name`` as its live version serves it now: 404 for a name no
-    repository model has, 503 (with Retry-After) while that model is not serving."""
+    """The protocol model ``name`` as its live version serves it now: UnknownModel (404)
+    for a name no repository model has, ModelUnavailable (503) while it does not serve."""
     split = split_name(name)
-    unknown = ModelNotFound(
-        f"no model named {name!r}; known models: {', '.join(protocol_names(repository)) or 'none'}"
-    )
-    if split is None:
-        raise unknown
-    base, role = split
     try:
-        version = repository.serving(base)
+        if split is None:
+            raise UnknownModel(name, [])
+        return ProtocolModel(*split, repository.serving(split[0]))
     except UnknownModel:
-        raise unknown from None
-    except ModelUnavailable as exc:
-        raise NotReady(str(exc), headers=RETRY) from None
-    return ProtocolModel(base, role, version)
+        raise UnknownModel(name, protocol_names(repository)) from None
 
 
 def check_version(model: ProtocolModel, version: str | None) -> None:

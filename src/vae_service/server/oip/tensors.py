@@ -21,7 +21,7 @@ from vae_service.server.oip.parsing import (
 )
 from vae_service.server.oip.protocol import MAX_SEED, BadTensor, ProtocolModel, TensorSpec
 from vae_service.server.randomness import new_seed
-from vae_service.server.settings import env_name
+from vae_service.server.validation import check_limit, unit_interval_error
 
 
 def the_input(request: InferRequest, model: ProtocolModel) -> tuple[InputTensor, TensorSpec]:
@@ -79,11 +79,7 @@ def batch_size(tensor: InputTensor, spec_shape: tuple[int, ...], max_rows: int, 
         )
     if shape[0] == 0:
         raise BadTensor(f"input {tensor.name!r} holds no {what}")
-    if shape[0] > max_rows:
-        setting = "max_images_per_request"
-        raise Unprocessable(
-            f"{what} per request is {shape[0]}; the limit is {max_rows} ({env_name(setting)})"
-        )
+    check_limit(shape[0], max_rows, f"{what} per request", "max_images_per_request")
     return shape[0]
 
 
@@ -119,24 +115,10 @@ def fp32_array(tensor: InputTensor) -> np.ndarray:
 def unit_images(array: np.ndarray) -> Tensor:
     """FP32 images, finite and in [0, 1] (422 otherwise, as for .npy bodies)."""
     images = torch.from_numpy(array)
-    if not bool(torch.isfinite(images).all()):
-        raise Unprocessable("FP32 images must be finite; found NaN or inf")
-    if images.min() < 0 or images.max() > 1:
-        raise Unprocessable("FP32 images must lie in [0, 1]")
+    problem = unit_interval_error(images, "FP32 images")
+    if problem is not None:
+        raise Unprocessable(problem)
     return images
-
-
-def checked_latents(array: np.ndarray, max_abs: float) -> Tensor:
-    """Latents, finite and within VAE_MAX_ABS_LATENT (422 otherwise, as for /decode)."""
-    z = torch.from_numpy(array)
-    if not bool(torch.isfinite(z).all()):
-        raise Unprocessable("latents must be finite; found NaN or inf")
-    largest = float(z.abs().max())
-    if largest > max_abs:
-        raise Unprocessable(
-            f"a latent value of size {largest:g} is over {max_abs:g} ({env_name('max_abs_latent')})"
-        )
-    return z
 
 
 def byte_elements(tensor: InputTensor, count: int) -> list[bytes]:

@@ -1,13 +1,19 @@
 """HTTP routes, split by concern. The model routes serve the default model, and again,
 under /models/{model}/, any model of the repository."""
 
-from fastapi import Depends
+from fastapi import APIRouter
 
-from vae_service.server.api_docs import error_responses
-from vae_service.server.deps import PER_MODEL, model_path
-from vae_service.server.routes import inference, models, oip, ops, playground
+from vae_service.server.routes import models, oip, ops, playground
+from vae_service.server.routes.inference import model_router
+from vae_service.server.serving import PER_MODEL
 
-ROUTERS = (ops.router, inference.router, models.router, oip.router, playground.router)
-__all__ = ["PER_MODEL", "PER_MODEL_DEPENDENCIES", "PER_MODEL_RESPONSES", "ROUTERS", "inference"]
-PER_MODEL_DEPENDENCIES = [Depends(model_path)]
-PER_MODEL_RESPONSES = error_responses(404)
+
+def all_routers() -> tuple[APIRouter, ...]:
+    return (
+        ops.router,
+        model_router(),
+        models.router,
+        model_router(PER_MODEL),
+        oip.router,
+        playground.router,
+    )

@@ -6,16 +6,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from vae_service.server.api_docs import error_responses
 from vae_service.server.auth import bearer_token, digest, key_matches
-from vae_service.server.deps import ModelName, Repository, Runtime, serving, tag
-from vae_service.server.errors import Forbidden, ModelNotFound, Unprocessable
-from vae_service.server.model_entries import Entry, UnknownModel
+from vae_service.server.errors import Forbidden, Unprocessable
+from vae_service.server.model_entries import Entry
 from vae_service.server.routes.ops import describe
 from vae_service.server.schemas import ModelInfo, Status
+from vae_service.server.serving import ModelName, Repository, ServedModel
 from vae_service.server.settings import BackendName
 
 router = APIRouter(tags=["models"])
@@ -69,17 +69,18 @@ async def list_models(repository: Repository) -> ModelList:
 
 
 @router.get("/models/{model}", response_model=ModelInfo, responses=error_responses(401, 404, 503))
-async def model_info(model: ModelName, runtime: Runtime) -> ModelInfo:
+async def model_info(model: ModelName, served: ServedModel, response: Response) -> ModelInfo:
     """What /model gives, for this model."""
-    return describe(runtime, model)
+    response.headers.update(served.headers)
+    return describe(served.runtime, model)
 
 
 @router.get(
     "/models/{model}/ready", response_model=Status, responses=error_responses(401, 404, 503)
 )
-async def model_ready(model: ModelName, repository: Repository, request: Request) -> Status:
+async def model_ready(model: ModelName, served: ServedModel, response: Response) -> Status:
     """200 once this model is loaded and warmed up; 503 before."""
-    tag(request, model, serving(repository, model).sha256)
+    response.headers.update(served.headers)
     return Status(status="ready")
 
 
@@ -99,16 +100,15 @@ async def require_admin(request: Request) -> None:
     dependencies=[Depends(require_admin)],
     responses=error_responses(401, 403, 404, 422, 503),
 )
-async def reload_model(model: ModelName, repository: Repository, request: Request) -> ModelSummary:
+async def reload_model(
+    model: ModelName, repository: Repository, response: Response
+) -> ModelSummary:
     """Load the model's file again now, warm it up beside the serving version, and
     swap it in; a file that does not load leaves the old version serving (422). With
     several workers, the others follow within VAE_MODEL_POLL_S."""
-    try:
-        entry = await repository.reload(model)
-    except UnknownModel as exc:
-        raise ModelNotFound(str(exc)) from None
-    if entry.live is not None:
-        tag(request, model, entry.live.sha256)
+    entry = await repository.reload(model)
+    headers = {"X-Model": model, "X-Model-SHA256": entry.live.sha256} if entry.live else {}
     if entry.error is not None:
-        raise Unprocessable(entry.error)
+        raise Unprocessable(entry.error, headers=headers)
+    response.headers.update(headers)
     return summary(entry, repository.default)

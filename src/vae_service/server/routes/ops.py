@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from vae_service.server.api_docs import error_responses
-from vae_service.server.deps import Repository, Runtime, serving
 from vae_service.server.runtime import ModelRuntime
 from vae_service.server.schemas import FittedPriorInfo, ModelInfo, Status
+from vae_service.server.serving import Repository, ServedModel
 
 router = APIRouter(tags=["operations"])
 
@@ -24,14 +24,15 @@ async def healthz() -> Status:
 @router.get("/readyz", response_model=Status, responses=error_responses(503))
 async def readyz(repository: Repository) -> Status:
     """200 once the default model is loaded and warmed up; 503 before."""
-    serving(repository, None)
+    repository.serving()
     return Status(status="ready")
 
 
 @router.get("/model", response_model=ModelInfo, responses=error_responses(503))
-async def model_info(runtime: Runtime, repository: Repository) -> ModelInfo:
+async def model_info(model: ServedModel, response: Response) -> ModelInfo:
     """The default model's weights: their metadata, where they run, and the file's SHA-256."""
-    return describe(runtime, repository.default)
+    response.headers.update(model.headers)
+    return describe(model.runtime, model.name)
 
 
 def describe(runtime: ModelRuntime, name: str) -> ModelInfo:

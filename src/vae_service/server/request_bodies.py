@@ -1,7 +1,10 @@
-"""Reading request bodies: image files (multipart or base64 JSON), .npy arrays, latents.
+"""Reading request bodies: image files (multipart or base64 JSON), .npy arrays, and JSON
+validated as a request model.
 
-Each reader checks counts against the settings before the expensive work, and turns
-what it reads into CPU float32 tensors for the runtime.
+The model routes take several content types for one body, which no signature can
+declare: they read it here, and their ``openapi_extra`` documents it. Each reader checks
+counts against the settings before the expensive work, and turns what it reads into
+CPU float32 tensors for the runtime.
 """
 
 from __future__ import annotations
@@ -19,14 +22,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from torch import Tensor
 
-from vae_service.server.deps import media_type
 from vae_service.server.errors import BadImage, Unprocessable, UnsupportedMediaType
 from vae_service.server.imaging import decode_images, png_pixels
 from vae_service.server.npy import MEDIA_TYPE as NPY_MEDIA_TYPE
 from vae_service.server.npy import NpyError, parse_images
 from vae_service.server.runtime import ModelRuntime
 from vae_service.server.schemas import EncodeRequest
-from vae_service.server.settings import Settings, env_name
+from vae_service.server.settings import Settings
+from vae_service.server.validation import check_limit
 
 IMAGE_MEDIA_TYPES = ("multipart/form-data", "application/json")
 ARRAY_MEDIA_TYPES = (*IMAGE_MEDIA_TYPES, NPY_MEDIA_TYPE)
@@ -40,16 +43,15 @@ M = TypeVar("M", bound=BaseModel)
 BASE64_CHARS = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 
 
-def check_limit(count: int, limit: int, what: str, setting: str) -> None:
-    """422 when a count is over its configured limit."""
-    if count > limit:
-        raise Unprocessable(f"{what} is {count}; the limit is {limit} ({env_name(setting)})")
+def media_type(request: Request) -> str:
+    """The request's content type without parameters, lower-cased ('' if none)."""
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def invalid_request(exc: ValidationError, *location: str) -> RequestValidationError:
-    """FastAPI's 422 list for ``exc``, each error's location under ``location``."""
-    errors = exc.errors(include_url=False)
-    return RequestValidationError([{**e, "loc": (*location, *e["loc"])} for e in errors])
+def require_json(request: Request) -> None:
+    """415 unless the body is declared as JSON."""
+    if media_type(request) != "application/json":
+        raise unsupported(request, ("application/json",))
 
 
 async def parse_json(request: Request, model: type[M]) -> M:
@@ -57,7 +59,7 @@ async def parse_json(request: Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(await request.body())
     except ValidationError as exc:
-        raise invalid_request(exc) from None
+        raise RequestValidationError(exc.errors(include_url=False)) from None
 
 
 def unsupported(request: Request, accepted: tuple[str, ...]) -> UnsupportedMediaType:
@@ -140,23 +142,3 @@ async def request_images(request: Request, runtime: ModelRuntime, settings: Sett
         return array_images(await request.body(), runtime, settings)
     blobs = await image_blobs(request, settings.max_images_per_request)
     return await images_tensor(blobs, runtime, settings)
-
-
-def latents_tensor(
-    rows: list[list[float]], latent_dim: int, max_rows: int, max_abs: float
-) -> Tensor:
-    """Validated latents (finite floats) as N x latent_dim; 422 on a wrong length or
-    a value over ``max_abs`` in size."""
-    check_limit(len(rows), max_rows, "latents per request", "max_images_per_request")
-    for i, row in enumerate(rows):
-        if len(row) != latent_dim:
-            raise Unprocessable(
-                f"z[{i}] has {len(row)} values; this model's latent_dim is {latent_dim}"
-            )
-    z = torch.tensor(rows, dtype=torch.float64)  # float64: 1e300 stays finite to compare
-    largest = float(z.abs().max())
-    if largest > max_abs:
-        raise Unprocessable(
-            f"a latent value of size {largest:g} is over {max_abs:g} ({env_name('max_abs_latent')})"
-        )
-    return z.float()
