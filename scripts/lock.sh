@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Refreshes constraints.txt, the lock file: exact versions of the whole dependency tree
 # (every extra included) for the CPU build, resolved in a fresh virtual environment.
+# `.[dev,bench]` is every extra: dev pulls test, which pulls serve, train and onnx
+# (tests/test_packaging.py checks that, and that every requirement is pinned).
 # torch itself is left out: the CPU build is pinned where it is installed (torch==2.13.0),
 # and a GPU image picks its own build through the Dockerfile's TORCH_SPEC.
 #   bash scripts/lock.sh && git diff constraints.txt

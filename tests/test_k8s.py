@@ -538,9 +538,9 @@ def test_probe_and_scrape_paths_are_routes_and_probes_need_no_key(
     rendered: dict[str, list[Doc]],
 ) -> None:
     from vae_service.server.auth import OPEN_PATHS
-    from vae_service.server.routes import ROUTERS
+    from vae_service.server.routes import all_routers
 
-    routes = {getattr(route, "path", None) for router in ROUTERS for route in router.routes}
+    routes = {getattr(route, "path", None) for router in all_routers() for route in router.routes}
     assert "/metrics" in routes
     for where, pod in serving_pods(rendered):
         container = serving_container(pod)
@@ -797,7 +797,7 @@ def test_queue_depth_scaling_uses_the_metric_the_service_exports(
     kinds = {m["type"]: m for m in hpa["spec"]["metrics"]}
     assert kinds["Resource"]["resource"]["name"] == "cpu"
     metric = kinds["Pods"]["pods"]["metric"]["name"]
-    metrics_source = (ROOT / "service" / "metrics.py").read_text()
+    metrics_source = (ROOT / "src" / "vae_service" / "server" / "metrics.py").read_text()
     assert f'"{metric}"' in metrics_source
     values = yaml.safe_load(
         (K8S / "components" / "queue-depth-hpa" / "prometheus-adapter-values.yaml").read_text()
@@ -873,4 +873,5 @@ def test_the_training_job_is_consistent(rendered: dict[str, list[Doc]]) -> None:
     script = container["command"][2]
     assert "vae_service.training.train" in script and "--resume" in script
     assert '"$VAE_MODEL_DIR/.train/' in script.replace("work=", "")  # a hidden work folder
-    assert container["image"].endswith(":cuda")
+    # The training image (the train extra); the serving images (:cuda, 0.1.0) lack it.
+    assert container["image"].endswith(":cuda-train")
