@@ -1,4 +1,4 @@
-"""server/serving.py's ``holding``: the version a request holds is given back when the
+"""server/serving.py's ``Lease``: the version a request holds is given back when the
 request ends, however it ends (answered, refused, failed, cancelled), and a refusal or a
 failure names the version that was serving."""
 
@@ -13,7 +13,7 @@ from starlette.requests import Request
 
 from vae_service.server.errors import ModelFailure, Unprocessable
 from vae_service.server.model_entries import Version
-from vae_service.server.serving import Served, holding
+from vae_service.server.serving import Lease, Served
 
 OUTCOMES = {"refused": Unprocessable("no"), "failed": ValueError("boom")}
 
@@ -30,7 +30,7 @@ def test_the_lease_is_given_back_when_the_request_ends(outcome: str) -> None:
     raised: list[BaseException] = []
 
     async def request() -> None:
-        async with holding(served(version)):
+        with Lease(served(version)):
             seen.append(version.leases)
             if outcome in OUTCOMES:
                 raise OUTCOMES[outcome]

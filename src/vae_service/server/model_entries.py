@@ -6,9 +6,7 @@ the requests that hold that version, and the lookup errors (unknown model, none 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,14 +63,6 @@ class Version:
         self.leases -= 1
         if self.retired and not self.leases:
             self.released.set()
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        self.hold()
-        try:
-            yield
-        finally:
-            self.release()
 
 
 @dataclass(eq=False)

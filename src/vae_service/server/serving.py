@@ -2,7 +2,7 @@
 
 ``ServedModel`` is a yield dependency. It finds the version serving the request's model
 (the path's ``{model}``, else the default), holds it until the request is over, so that
-a swap meanwhile lets it finish there (``holding``: the one lease mechanism, which the
+a swap meanwhile lets it finish there (``Lease``: the one lease mechanism, which the
 protocol routes use too), and names it in the answer's X-Model headers, refusals
 included. ``Served.wait`` is the one
 place a request waits for the model: within its deadline, and only while its client is
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
@@ -38,16 +37,28 @@ T = TypeVar("T")
 PER_MODEL = "/models/{model}"  # the prefix of the per-model model routes
 
 
-def get_repository(request: Request) -> ModelRepository:
+# The dependencies are ``async def`` although they never await: FastAPI runs a plain
+# ``def`` dependency on its thread pool, a thread hop per dependency per request.
+
+
+def repository_of(request: Request) -> ModelRepository:
     repository: ModelRepository | None = request.app.state.repository
     if repository is None:
         raise NotReady("model not loaded yet", headers={"Retry-After": "1"})
     return repository
 
 
-def get_settings(request: Request) -> Settings:
+def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+async def get_repository(request: Request) -> ModelRepository:
+    return repository_of(request)
+
+
+async def get_settings(request: Request) -> Settings:
+    return settings_of(request)
 
 
 Repository = Annotated[ModelRepository, Depends(get_repository)]
@@ -65,15 +76,15 @@ async def model_path(model: ModelName) -> None:
     """Declares the ``{model}`` path parameter of the per-model routes."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Served:
-    """The model version answering one request, and that request's deadline."""
+    """The model version answering one request, the settings, and the request's deadline."""
 
     name: str
     version: Version
     request: Request
+    settings: Settings
     deadline: float  # time.monotonic() by which the model must have answered
-    timeout_s: float
 
     @property
     def runtime(self) -> ModelRuntime:
@@ -85,20 +96,26 @@ class Served:
 
     async def wait(self, work: Awaitable[T]) -> T:
         """The model's answer: 504 past the deadline, 499 if the client leaves first.
-        Either way ``work`` is cancelled, so the batcher drops its queued rows."""
-        job, watch = asyncio.ensure_future(work), asyncio.ensure_future(self._client_left())
+        Either way ``work`` is cancelled where it waits, so the batcher drops its rows."""
+        task, waiting = asyncio.current_task(), [True]
+        assert task is not None
+        watch = asyncio.ensure_future(self._client_left())
+        watch.add_done_callback(lambda w: waiting[0] and not w.cancelled() and task.cancel())
         try:
             async with asyncio.timeout(self.deadline - time.monotonic()):
-                await asyncio.wait((job, watch), return_when=asyncio.FIRST_COMPLETED)
+                return await work
         except TimeoutError:
-            message = f"request took over {self.timeout_s:g} s ({env_name('request_timeout_s')})"
+            timeout_s = self.settings.request_timeout_s
+            message = f"request took over {timeout_s:g} s ({env_name('request_timeout_s')})"
             raise RequestTimeout(message) from None
+        except asyncio.CancelledError:
+            if not watch.done() or watch.cancelled():
+                raise  # cancelled from outside: the server is shutting down
+            task.uncancel()  # our own cancellation, taken back
+            raise ClientClosedRequest("the client closed the connection") from None
         finally:
-            job.cancel()  # no-op once done
+            waiting[0] = False  # a disconnect from now on is no reason to cancel
             watch.cancel()
-        if not job.done():
-            raise ClientClosedRequest("the client closed the connection")
-        return job.result()
 
     async def _client_left(self) -> None:
         # The body is read by now: the next message is the disconnect.
@@ -108,30 +125,35 @@ class Served:
 
 def serve(request: Request, name: str, version: Version) -> Served:
     """``version`` answering ``request`` as model ``name``, from now to its deadline."""
-    timeout_s = get_settings(request).request_timeout_s
-    return Served(name, version, request, time.monotonic() + timeout_s, timeout_s)
+    settings = settings_of(request)
+    return Served(name, version, request, settings, time.monotonic() + settings.request_timeout_s)
 
 
-@asynccontextmanager
-async def holding(served: Served) -> AsyncIterator[Served]:
-    """Hold ``served``'s version while the request runs; a refusal names it too."""
-    with served.version.held():
-        try:
-            yield served
-        except HTTPException as exc:
-            exc.headers = {**(exc.headers or {}), **served.headers}
-            raise
-        except HANDLED:
-            raise
-        except Exception as exc:
-            raise ModelFailure(served.headers) from exc
+class Lease:
+    """Holds a request's model version while the request runs (the one lease mechanism:
+    the model and protocol routes' dependencies both take one), and names that version
+    on a refusal (X-Model headers) or an unexpected error (ModelFailure)."""
+
+    def __init__(self, served: Served) -> None:
+        self.served = served
+
+    def __enter__(self) -> Served:
+        self.served.version.hold()
+        return self.served
+
+    def __exit__(self, kind: object, exc: BaseException | None, traceback: object) -> None:
+        self.served.version.release()
+        if isinstance(exc, HTTPException):
+            exc.headers = {**(exc.headers or {}), **self.served.headers}
+        elif isinstance(exc, Exception) and not isinstance(exc, HANDLED):
+            raise ModelFailure(self.served.headers) from exc
 
 
-async def served_model(request: Request, repository: Repository) -> AsyncIterator[Served]:
+async def served_model(request: Request) -> AsyncIterator[Served]:
     """The version serving the path's model (else the default), held for the request."""
-    name = request.path_params.get("model")
-    async with holding(serve(request, name or repository.default, repository.serving(name))) as s:
-        yield s
+    repository, name = repository_of(request), request.path_params.get("model")
+    with Lease(serve(request, name or repository.default, repository.serving(name))) as served:
+        yield served
 
 
 ServedModel = Annotated[Served, Depends(served_model)]

@@ -60,8 +60,7 @@ from vae_service.server.schemas import (
     PriorName,
     SampleResponse,
 )
-from vae_service.server.serving import PER_MODEL, AppSettings, Served, ServedModel, model_path
-from vae_service.server.settings import Settings
+from vae_service.server.serving import PER_MODEL, Served, ServedModel, model_path
 from vae_service.server.validation import check_limit, latent_rows
 
 JSON = "application/json"
@@ -119,12 +118,11 @@ async def reply_with_images(
 async def encode(
     model: ServedModel,
     query: Annotated[EncodeQuery, Query()],
-    settings: AppSettings,
     request: Request,
 ) -> Response:
     """Mean and log-variance of q(z|x) for each image, in order. Image files are converted
     to the model's channels and resized to its image size; .npy arrays must have it."""
-    images = await request_images(request, model.runtime, settings)
+    images = await request_images(request, model.runtime, model.settings)
     posterior = await model.wait(model.runtime.encode(images))
     rows, headers = {"mean": posterior.mean, "logvar": posterior.logvar}, model.headers
     if query.sample:
@@ -146,7 +144,6 @@ async def encode(
 async def decode(
     model: ServedModel,
     query: Annotated[ImagesQuery, Query()],
-    settings: AppSettings,
     request: Request,
 ) -> Response:
     """Images (the mean of p(x|z)) for each latent, in order."""
@@ -155,8 +152,8 @@ async def decode(
     z = latent_rows(
         body.z,
         model.runtime.config.latent_dim,
-        settings.max_images_per_request,
-        settings.max_abs_latent,
+        model.settings.max_images_per_request,
+        model.settings.max_abs_latent,
     )
     images = await model.wait(model.runtime.decode(z))
     return await reply_with_images(
@@ -167,20 +164,19 @@ async def decode(
 async def reconstruct(
     model: ServedModel,
     query: Annotated[ImagesQuery, Query()],
-    settings: AppSettings,
     request: Request,
 ) -> Response:
     """Each image through the encoder's mean and back through the decoder."""
-    images = await request_images(request, model.runtime, settings)
+    images = await request_images(request, model.runtime, model.settings)
     recon = await model.wait(model.runtime.reconstruct(images))
     return await reply_with_images(
         recon, query.fmt, lambda pngs: DecodeResponse(images=pngs), model.headers
     )
 
 
-async def interpolation_ends(request: Request, model: Served, settings: Settings) -> Tensor:
+async def interpolation_ends(request: Request, model: Served) -> Tensor:
     """The two latents to join: given, or the posterior means of two images."""
-    runtime, kind = model.runtime, media_type(request)
+    runtime, settings, kind = model.runtime, model.settings, media_type(request)
     if kind == "multipart/form-data":
         blobs = await multipart_blobs(request)
         if len(blobs) != 2:
@@ -199,15 +195,14 @@ async def interpolation_ends(request: Request, model: Served, settings: Settings
 async def interpolate(
     model: ServedModel,
     query: Annotated[InterpolateQuery, Query()],
-    settings: AppSettings,
     request: Request,
 ) -> Response:
     """Decoded points on the straight line between two latents: nearby latents decode to
     similar images (continuity) and every point decodes to a plausible one (completeness).
     With ?format=png, one row of images."""
     steps = query.steps
-    check_limit(steps, settings.max_interpolation_steps, "steps", "max_interpolation_steps")
-    ends = await interpolation_ends(request, model, settings)
+    check_limit(steps, model.settings.max_interpolation_steps, "steps", "max_interpolation_steps")
+    ends = await interpolation_ends(request, model)
     z, images = await model.wait(model.runtime.interpolate(ends[0], ends[1], steps))
     return await reply_with_images(
         images,
@@ -218,14 +213,12 @@ async def interpolate(
     )
 
 
-async def sample(
-    model: ServedModel, query: Annotated[SampleQuery, Query()], settings: AppSettings
-) -> Response:
+async def sample(model: ServedModel, query: Annotated[SampleQuery, Query()]) -> Response:
     """n latents from the prior, decoded: N(0, temperature^2 I), or the fitted mixture with
     each draw's deviation from its component mean scaled by temperature. The same seed
     gives the same PNGs byte for byte on the same device; with ?format=png|npy the seed is
     in X-Seed and the prior in X-Prior."""
-    check_limit(query.n, settings.max_sample_n, "n", "max_sample_n")
+    check_limit(query.n, model.settings.max_sample_n, "n", "max_sample_n")
     used, chosen = choose_prior(query.prior, model.runtime), choose_seed(query.seed)
     drawn = model.runtime.sample(query.n, query.temperature, chosen, used is PriorName.fitted)
     z, images = await model.wait(drawn)

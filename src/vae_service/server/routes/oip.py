@@ -51,7 +51,7 @@ from vae_service.server.oip.tensors import (
 )
 from vae_service.server.request_bodies import images_tensor
 from vae_service.server.runtime import draw_posterior
-from vae_service.server.serving import AppSettings, Repository, Served, holding, serve
+from vae_service.server.serving import Lease, Repository, Served, serve
 from vae_service.server.settings import Settings
 from vae_service.server.validation import checked_latents
 
@@ -68,7 +68,7 @@ async def protocol_model(
     for the request as the other routes hold theirs."""
     model = resolve(repository, model_name)
     check_version(model, request.path_params.get("model_version"))
-    async with holding(serve(request, model.base, model.version)) as served:
+    with Lease(serve(request, model.base, model.version)) as served:
         yield model, served
 
 
@@ -113,9 +113,10 @@ async def model_ready(of: ProtocolModelOf, response: Response) -> dict[str, Any]
 
 @router.post("/models/{model_name}/infer")
 @router.post("/models/{model_name}/versions/{model_version}/infer")
-async def infer(of: ProtocolModelOf, settings: AppSettings, request: Request) -> Response:
+async def infer(of: ProtocolModelOf, request: Request) -> Response:
     """Read and check the request, run the model's version, and answer."""
     model, served = of
+    settings = served.settings
     body = await request.body()
     encoding = request.headers.get("content-encoding")
     if encoding is not None and len(body) >= INLINE_INFLATE_BYTES:
