@@ -1,6 +1,6 @@
-"""server/serving.py's ``Lease``: the version a request holds is given back when the
-request ends, however it ends (answered, refused, failed, cancelled), and a refusal or a
-failure names the version that was serving."""
+"""server/serving.py's ``leased`` (a model route under its ``Lease``): the version a
+request holds is given back when the request ends, however it ends (answered, refused,
+failed, cancelled), and a refusal or a failure names the version that was serving."""
 
 from __future__ import annotations
 
@@ -13,14 +13,15 @@ from starlette.requests import Request
 
 from vae_service.server.errors import ModelFailure, Unprocessable
 from vae_service.server.model_entries import Version
-from vae_service.server.serving import Lease, Served
+from vae_service.server.serving import Served, leased
+from vae_service.server.settings import Settings
 
 OUTCOMES = {"refused": Unprocessable("no"), "failed": ValueError("boom")}
 
 
 def served(version: Version) -> Served:
     request = Request({"type": "http", "method": "GET", "path": "/", "headers": []})
-    return Served("tiny", version, request, deadline=0.0, timeout_s=1.0)
+    return Served("tiny", version, request, Settings(), deadline=0.0)
 
 
 @pytest.mark.parametrize("outcome", ["answered", "refused", "failed", "cancelled"])
@@ -29,16 +30,16 @@ def test_the_lease_is_given_back_when_the_request_ends(outcome: str) -> None:
     seen: list[int] = []
     raised: list[BaseException] = []
 
-    async def request() -> None:
-        with Lease(served(version)):
-            seen.append(version.leases)
-            if outcome in OUTCOMES:
-                raise OUTCOMES[outcome]
-            if outcome == "cancelled":
-                await asyncio.sleep(10)
+    @leased
+    async def handler(model: Served) -> None:
+        seen.append(version.leases)
+        if outcome in OUTCOMES:
+            raise OUTCOMES[outcome]
+        if outcome == "cancelled":
+            await asyncio.sleep(10)
 
     async def run() -> None:
-        task = asyncio.ensure_future(request())
+        task = asyncio.ensure_future(handler(model=served(version)))
         await asyncio.sleep(0.01)
         task.cancel()
         raised.extend(e for e in await asyncio.gather(task, return_exceptions=True) if e)

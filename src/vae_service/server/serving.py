@@ -1,10 +1,9 @@
 """How a request reaches the model version that answers it: FastAPI dependencies.
 
-``ServedModel`` is a yield dependency. It finds the version serving the request's model
-(the path's ``{model}``, else the default), holds it until the request is over, so that
-a swap meanwhile lets it finish there (``Lease``: the one lease mechanism, which the
-protocol routes use too), and names it in the answer's X-Model headers, refusals
-included. ``Served.wait`` is the one
+``ServedModel`` finds the version serving the request's model (the path's ``{model}``,
+else the default). A handler holds it with ``Lease`` until it is over, so that a swap
+meanwhile lets it finish there (the one lease mechanism, which the protocol routes use
+too); the lease names the version in a refusal's X-Model headers too. ``Served.wait`` is the one
 place a request waits for the model: within its deadline, and only while its client is
 still there.
 """
@@ -12,10 +11,11 @@ still there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Path, Request
 from starlette.exceptions import HTTPException
@@ -149,11 +149,25 @@ class Lease:
             raise ModelFailure(self.served.headers) from exc
 
 
-async def served_model(request: Request) -> AsyncIterator[Served]:
-    """The version serving the path's model (else the default), held for the request."""
+async def served_model(request: Request) -> Served:
+    """The version serving the path's model (else the default). The handler holds it
+    (``leased``) from its first line, before anything awaits, so no swap can close it in
+    between; a yield dependency would hold it too, at 140 µs of event-loop
+    CPU a request (benchmarks/request_cpu.py, BENCHMARKS.md)."""
     repository, name = repository_of(request), request.path_params.get("model")
-    with Lease(serve(request, name or repository.default, repository.serving(name))) as served:
-        yield served
+    return serve(request, name or repository.default, repository.serving(name))
 
 
 ServedModel = Annotated[Served, Depends(served_model)]
+
+
+def leased(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """``handler`` (a model route, whose ``model`` is a ServedModel) run under its
+    model's Lease from its first line. FastAPI reads the handler's own signature."""
+
+    @functools.wraps(handler)
+    async def run(**params: Any) -> T:
+        with Lease(params["model"]):
+            return await handler(**params)
+
+    return run

@@ -60,7 +60,7 @@ from vae_service.server.schemas import (
     PriorName,
     SampleResponse,
 )
-from vae_service.server.serving import PER_MODEL, Served, ServedModel, model_path
+from vae_service.server.serving import PER_MODEL, Served, ServedModel, leased, model_path
 from vae_service.server.validation import check_limit, latent_rows
 
 JSON = "application/json"
@@ -249,28 +249,28 @@ def model_router(prefix: str = "") -> APIRouter:
         response_model_exclude_none=True,
         responses={**NPY_RESPONSE, **image_errors},
         openapi_extra=IMAGE_BODY,
-    )(encode)
+    )(leased(encode))
     router.post(
         "/decode",
         response_model=DecodeResponse,
         responses={**PNG_RESPONSE, **error_responses(401, 413, 415, 422, 503, 504)},
         openapi_extra=DECODE_BODY,
-    )(decode)
+    )(leased(decode))
     router.post(
         "/reconstruct",
         response_model=DecodeResponse,
         responses={**PNG_RESPONSE, **image_errors},
         openapi_extra=IMAGE_BODY,
-    )(reconstruct)
+    )(leased(reconstruct))
     router.post(
         "/interpolate",
         response_model=InterpolateResponse,
         responses={**PNG_RESPONSE, **image_errors},
         openapi_extra=PAIR_BODY,
-    )(interpolate)
+    )(leased(interpolate))
     router.get(
         "/sample",
         response_model=SampleResponse,
         responses={**PNG_RESPONSE, **error_responses(401, 422, 503, 504)},
-    )(sample)
+    )(leased(sample))
     return router

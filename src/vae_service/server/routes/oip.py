@@ -12,7 +12,6 @@ specification, and docs/oip.md describes these models.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import torch
@@ -63,13 +62,11 @@ INLINE_INFLATE_BYTES = 64 * 1024
 
 async def protocol_model(
     request: Request, repository: Repository, model_name: str
-) -> AsyncIterator[tuple[ProtocolModel, Served]]:
-    """The protocol model of the path (at the path's version, if it names one), held
-    for the request as the other routes hold theirs."""
+) -> tuple[ProtocolModel, Served]:
+    """The protocol model of the path (at the path's version, if it names one)."""
     model = resolve(repository, model_name)
     check_version(model, request.path_params.get("model_version"))
-    with Lease(serve(request, model.base, model.version)) as served:
-        yield model, served
+    return model, serve(request, model.base, model.version)
 
 
 ProtocolModelOf = Annotated[tuple[ProtocolModel, Served], Depends(protocol_model)]
@@ -116,21 +113,17 @@ async def model_ready(of: ProtocolModelOf, response: Response) -> dict[str, Any]
 async def infer(of: ProtocolModelOf, request: Request) -> Response:
     """Read and check the request, run the model's version, and answer."""
     model, served = of
-    settings = served.settings
-    body = await request.body()
-    encoding = request.headers.get("content-encoding")
-    if encoding is not None and len(body) >= INLINE_INFLATE_BYTES:
-        body = await asyncio.to_thread(inflate, body, encoding, settings.max_body_bytes)
-    else:
-        body = inflate(body, encoding, settings.max_body_bytes)
-    parsed = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-    tensor, spec = the_input(parsed, model)
-    outputs = requested_outputs(parsed, model)
-    if model.role == ENCODER:
-        results, parameters = await encode(parsed, served, tensor, spec, outputs, settings)
-    else:
-        results, parameters = await decode(served, tensor, spec, outputs, settings)
-    content, header_length = infer_response(model, parsed, results, parameters)
+    with Lease(served):  # from the first line, as the other model routes hold theirs
+        parsed = parse_infer_request(
+            await inflated_body(request, served.settings), request.headers.get(HEADER_LENGTH)
+        )
+        tensor, spec = the_input(parsed, model)
+        outputs = requested_outputs(parsed, model)
+        if model.role == ENCODER:
+            results, parameters = await encode(parsed, served, tensor, spec, outputs)
+        else:
+            results, parameters = await decode(served, tensor, spec, outputs)
+        content, header_length = infer_response(model, parsed, results, parameters)
     headers = served.headers
     if "seed" in parameters:
         headers["X-Seed"] = str(parameters["seed"])
@@ -138,6 +131,15 @@ async def infer(of: ProtocolModelOf, request: Request) -> Response:
         return Response(content, media_type=JSON, headers=headers)
     headers[HEADER_LENGTH] = str(header_length)
     return Response(content, media_type=BINARY_MEDIA_TYPE, headers=headers)
+
+
+async def inflated_body(request: Request, settings: Settings) -> bytes:
+    """The body, inflated when sent compressed (large ones on a worker thread)."""
+    body = await request.body()
+    encoding = request.headers.get("content-encoding")
+    if encoding is not None and len(body) >= INLINE_INFLATE_BYTES:
+        return await asyncio.to_thread(inflate, body, encoding, settings.max_body_bytes)
+    return inflate(body, encoding, settings.max_body_bytes)
 
 
 Results = list[tuple[RequestedOutput, Tensor]]
@@ -149,10 +151,9 @@ async def encode(
     tensor: InputTensor,
     spec: TensorSpec,
     outputs: list[RequestedOutput],
-    settings: Settings,
 ) -> tuple[Results, dict[str, Any]]:
     seed = seed_for(parsed, outputs)  # a bad seed is refused before any model work
-    images = await encoder_images(served, tensor, spec, settings)
+    images = await encoder_images(served, tensor, spec)
     posterior = await served.wait(served.runtime.encode(images))
     values = {"mean": posterior.mean, "logvar": posterior.logvar}
     if seed is not None:
@@ -161,10 +162,9 @@ async def encode(
     return [(output, values[output.name]) for output in outputs], parameters
 
 
-async def encoder_images(
-    served: Served, tensor: InputTensor, spec: TensorSpec, settings: Settings
-) -> Tensor:
+async def encoder_images(served: Served, tensor: InputTensor, spec: TensorSpec) -> Tensor:
     """FP32 N x C x H x W in [0, 1], or BYTES N image files decoded as /encode does."""
+    settings = served.settings
     limit = settings.max_images_per_request
     if tensor.datatype == FP32:
         batch_size(tensor, spec.shape, limit, "images")
@@ -179,12 +179,9 @@ async def encoder_images(
 
 
 async def decode(
-    served: Served,
-    tensor: InputTensor,
-    spec: TensorSpec,
-    outputs: list[RequestedOutput],
-    settings: Settings,
+    served: Served, tensor: InputTensor, spec: TensorSpec, outputs: list[RequestedOutput]
 ) -> tuple[Results, dict[str, Any]]:
+    settings = served.settings
     if tensor.datatype != FP32:
         raise BadTensor(f"input {tensor.name!r} must be FP32, got {tensor.datatype!r}")
     batch_size(tensor, spec.shape, settings.max_images_per_request, "latents")
