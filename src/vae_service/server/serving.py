@@ -97,25 +97,53 @@ class Served:
     async def wait(self, work: Awaitable[T]) -> T:
         """The model's answer: 504 past the deadline, 499 if the client leaves first.
         Either way ``work`` is cancelled where it waits, so the batcher drops its rows."""
-        task, waiting = asyncio.current_task(), [True]
-        assert task is not None
-        watch = asyncio.ensure_future(self._client_left())
-        watch.add_done_callback(lambda w: waiting[0] and not w.cancelled() and task.cancel())
-        try:
-            async with asyncio.timeout(self.deadline - time.monotonic()):
-                return await work
-        except TimeoutError:
-            timeout_s = self.settings.request_timeout_s
-            message = f"request took over {timeout_s:g} s ({env_name('request_timeout_s')})"
-            raise RequestTimeout(message) from None
-        except asyncio.CancelledError:
-            if not watch.done() or watch.cancelled():
-                raise  # cancelled from outside: the server is shutting down
-            task.uncancel()  # our own cancellation, taken back
-            raise ClientClosedRequest("the client closed the connection") from None
-        finally:
-            waiting[0] = False  # a disconnect from now on is no reason to cancel
-            watch.cancel()
+        with ClientWatch(self.request) as watch:
+            try:
+                async with asyncio.timeout(self.deadline - time.monotonic()):
+                    return await work
+            except TimeoutError:
+                timeout_s = self.settings.request_timeout_s
+                message = f"request took over {timeout_s:g} s ({env_name('request_timeout_s')})"
+                raise RequestTimeout(message) from None
+            except asyncio.CancelledError:
+                if not watch.cancelled:
+                    raise  # cancelled from outside: the server is shutting down
+                raise ClientClosedRequest("the client closed the connection") from None
+
+
+class ClientWatch:
+    """Cancels the request's task if its client disconnects while the task waits here.
+    It starts watching only once the wait has lasted ``AFTER_S``: most answers come
+    sooner, and a watch task of their own cost each 35 µs of event-loop CPU."""
+
+    AFTER_S = 0.05
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.task = asyncio.current_task()
+        self.watch: asyncio.Task[None] | None = None
+        self.waiting = True
+        self.cancelled = False  # whether this watch cancelled the task
+
+    def __enter__(self) -> ClientWatch:
+        self.timer = asyncio.get_running_loop().call_later(self.AFTER_S, self._start)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.waiting = False  # a disconnect from now on is no reason to cancel
+        self.timer.cancel()
+        if self.watch is not None:
+            self.watch.cancel()
+        if self.cancelled and self.task is not None:
+            self.task.uncancel()  # our own cancellation, taken back
+
+    def _start(self) -> None:
+        self.watch = asyncio.ensure_future(self._client_left())
+        self.watch.add_done_callback(self._left)
+
+    def _left(self, watch: asyncio.Task[None]) -> None:
+        if self.waiting and not watch.cancelled() and self.task is not None:
+            self.cancelled = self.task.cancel()
 
     async def _client_left(self) -> None:
         # The body is read by now: the next message is the disconnect.
