@@ -60,13 +60,14 @@ class Tracer:
     def __init__(self, roots: tuple[str, ...]) -> None:
         self.roots = roots
         self.active = False
-        self.calls: set[tuple[str, str]] = set()
+        self.calls: set[tuple[str, str, str]] = set()
 
     def __call__(self, frame: FrameType, event: str, arg: Any) -> None:
         code = frame.f_code
         counted = self.active and event == "call" and code.co_filename.startswith(self.roots)
         if counted and not code.co_name.endswith(COMPREHENSIONS):  # parts of functions
-            self.calls.add((code.co_filename, code.co_qualname))
+            thread = "loop" if threading.current_thread() is threading.main_thread() else "other"
+            self.calls.add((code.co_filename, code.co_qualname, thread))
 
     def install(self) -> None:
         threading.setprofile(self)
@@ -98,14 +99,23 @@ async def main_async(args: argparse.Namespace) -> None:
     async with LifespanManager(app):
         status = await trace_one(app, tracer)
     sys.setprofile(None)
-    files = sorted({Path(f).relative_to(base).as_posix() for f, _ in tracer.calls})
-    count = len(tracer.calls)
-    print(f"POST /encode answered {status}: {len(files)} project files, {count} functions")
-    for name in files:
-        print(f"  {name}")
-    if args.list:
-        for filename, function in sorted(tracer.calls):
-            print(f"    {Path(filename).relative_to(base).as_posix()}::{function}")
+    report(tracer.calls, base, status, args.list)
+
+
+def report(calls: set[tuple[str, str, str]], base: Path, status: int, names: bool) -> None:
+    """Counts in all, and on the event loop's thread alone (the batcher's thread runs the
+    model path: batching, the forward pass and handing the outputs back)."""
+    loop = {(f, name) for f, name, thread in calls if thread == "loop"}
+    every = {(f, name) for f, name, _ in calls}
+    print(f"POST /encode answered {status}")
+    for what, chosen in (("all threads", every), ("event loop only", loop)):
+        files = sorted({Path(f).relative_to(base).as_posix() for f, _ in chosen})
+        print(f"{what}: {len(files)} project files, {len(chosen)} functions")
+        for name in files:
+            print(f"  {name}")
+        if names:
+            for filename, function in sorted(chosen):
+                print(f"    {Path(filename).relative_to(base).as_posix()}::{function}")
 
 
 def main() -> None:
