@@ -5,6 +5,7 @@ failed, cancelled), and a refusal or a failure names the version that was servin
 from __future__ import annotations
 
 import asyncio
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -51,3 +52,23 @@ def test_the_lease_is_given_back_when_the_request_ends(outcome: str) -> None:
         headers: Any = raised[0].headers  # type: ignore[attr-defined]
         assert headers["X-Model"] == "tiny" and headers["X-Model-SHA256"] == "ab" * 32
         assert isinstance(raised[0], ModelFailure) == (outcome == "failed")
+
+
+def test_a_quick_answer_starts_no_disconnect_watch() -> None:
+    """Served.wait watches for a disconnect only once a wait has lasted ClientWatch.AFTER_S:
+    an answer sooner than that costs no task of its own."""
+    received: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        received.append(1)
+        await asyncio.sleep(10)
+        return {"type": "http.disconnect"}
+
+    async def run() -> tuple[str, int]:
+        request = Request({"type": "http", "method": "GET", "path": "/", "headers": []}, receive)
+        version = Version(runtime=SimpleNamespace())  # type: ignore[arg-type]
+        model = Served("tiny", version, request, Settings(), deadline=time.monotonic() + 5)
+        answer = await model.wait(asyncio.sleep(0, "answer"))
+        return answer, len(asyncio.all_tasks())
+
+    assert asyncio.run(run()) == ("answer", 1) and received == []
