@@ -233,6 +233,10 @@ def test_models_lists_every_model_and_its_version(shelf_client: TestClient, shel
             "latent_dim": 6 if name == "wide" else 4,
             "prior": "fitted" if name == "fitted" else "standard",
             "backend": AUTO_BACKEND,
+            "family": "ours",
+            "latent_shape": [6 if name == "wide" else 4],
+            "downsampling": None,
+            "dtype": "float32",
         }
 
 

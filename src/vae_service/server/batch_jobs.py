@@ -47,10 +47,11 @@ class InvalidRows(ValueError):
 
 @dataclass(frozen=True)
 class Operation:
-    """One batchable model operation and the shape of one input row."""
+    """One batchable model operation and the shape of one input row; None: any shape
+    (diffusers' VAEs take any image size), and a batch only stacks rows of one shape."""
 
     fn: BatchFn
-    row_shape: tuple[int, ...]
+    row_shape: tuple[int, ...] | None
 
 
 @dataclass(eq=False)

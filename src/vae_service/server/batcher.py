@@ -147,7 +147,9 @@ class Batcher:
 
     def _check_rows(self, op: str, rows: Tensor) -> None:
         expected = self.operations[op].row_shape
-        if rows.ndim != len(expected) + 1 or tuple(rows.shape[1:]) != expected:
+        if expected is not None and (
+            rows.ndim != len(expected) + 1 or tuple(rows.shape[1:]) != expected
+        ):
             raise InvalidRows(f"{op}: expected rows of shape {expected}, got {tuple(rows.shape)}")
         if len(rows) == 0:
             raise InvalidRows(f"{op}: no rows")
@@ -237,6 +239,8 @@ class Batcher:
                 break  # a request that fits in a batch is not split: it leads the next one
             if short and any(j is job for j, _ in taken):
                 break  # short passes: one slice of a split request a batch
+            if taken and job.rows.shape[1:] != taken[0][1].shape[1:]:
+                break  # rows of another shape cannot be stacked: it leads the next batch
             queue.popleft()
             if job.future.cancelled() or job.error is not None:
                 self.queued_rows -= job.left

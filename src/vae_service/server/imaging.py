@@ -71,6 +71,23 @@ def decode_image(
         pixels = np.asarray(img)
     except Exception as exc:  # Pillow's decoders raise a zoo of types on bad data
         raise BadImage(f"images[{index}] could not be decoded: {exc}") from None
+    return _channels_first(pixels, channels)
+
+
+def decode_image_as_is(blob: bytes, channels: int, max_pixels: int) -> np.ndarray:
+    """One image file -> float32 array C x H x W in [0, 1] at its own size (diffusers'
+    VAEs take any size); BadImage or Unprocessable if refused."""
+    if not blob:
+        raise BadImage("images[0] is empty")
+    img = _open_checked(blob, max_pixels, 0)
+    try:
+        pixels = np.asarray(_to_model_mode(img, channels))
+    except Exception as exc:  # as in decode_image
+        raise BadImage(f"images[0] could not be decoded: {exc}") from None
+    return _channels_first(pixels, channels)
+
+
+def _channels_first(pixels: np.ndarray, channels: int) -> np.ndarray:
     array = pixels.astype(np.float32) * np.float32(1 / 255)
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 

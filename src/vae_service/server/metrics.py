@@ -172,21 +172,9 @@ class Metrics:
         children = {op: self.batch_rows.labels(model, op) for op in ("encode", "decode")}
         return lambda operation, rows: children[operation].observe(rows)
 
-    def describe_model(
-        self, name: str, checkpoint: Checkpoint, device: str, queued: Callable[[], float]
-    ) -> None:
-        """The version now serving ``name``: its identity and its queue depth."""
-        cfg = checkpoint.config
-        self.model.labels(name).info(
-            {
-                "name": Path(checkpoint.path).name,
-                "sha256": checkpoint.sha256,
-                "device": device,
-                "latent_dim": str(cfg.latent_dim),
-                "image_size": str(cfg.image_size),
-                "channels": str(cfg.channels),
-            }
-        )
+    def describe_model(self, name: str, info: dict[str, str], queued: Callable[[], float]) -> None:
+        """The version now serving ``name``: its identity (``info``) and its queue depth."""
+        self.model.labels(name).info(info)
         if self.multiprocess_dir is None:
             self.queue_rows.labels(name).set_function(queued)
             return
@@ -214,3 +202,16 @@ class Metrics:
             metric.remove(name)
         for operation in ("encode", "decode"):
             self.batch_rows.remove(name, operation)
+
+
+def checkpoint_info(checkpoint: Checkpoint, device: str) -> dict[str, str]:
+    """One of our own weights files, as the model-info metric labels it."""
+    cfg = checkpoint.config
+    return {
+        "name": Path(checkpoint.path).name,
+        "sha256": checkpoint.sha256,
+        "device": device,
+        "latent_dim": str(cfg.latent_dim),
+        "image_size": str(cfg.image_size),
+        "channels": str(cfg.channels),
+    }

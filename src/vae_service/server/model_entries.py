@@ -10,11 +10,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vae_service.server.diffusers_runtime import DiffusersRuntime
 from vae_service.server.runtime import ModelRuntime
 
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]*")
 SUFFIX = ".safetensors"
 Stamp = tuple[int, int, int]  # inode, size, mtime: a rename or a rewrite changes it
+Runtime = ModelRuntime | DiffusersRuntime  # our own VAE, or a diffusers folder's
 
 
 class UnknownModel(LookupError):
@@ -35,18 +37,23 @@ def model_name(path: Path) -> str:
 
 
 def file_stamp(path: Path) -> Stamp | None:
+    """A file's stamp; a folder's covers its files too, which change in place unseen by
+    the folder's own mtime."""
     try:
         stat = path.stat()
+        if not path.is_dir():
+            return stat.st_ino, stat.st_size, stat.st_mtime_ns
+        files = tuple(file_stamp(f) for f in sorted(path.iterdir()) if f.is_file())
     except OSError:
         return None
-    return stat.st_ino, stat.st_size, stat.st_mtime_ns
+    return stat.st_ino, sum(s[1] for s in files if s), hash(files)
 
 
 @dataclass(eq=False)
 class Version:
     """One loaded weights file, and how many requests hold it."""
 
-    runtime: ModelRuntime
+    runtime: Runtime
     leases: int = 0
     retired: bool = False
     released: asyncio.Event = field(default_factory=asyncio.Event)

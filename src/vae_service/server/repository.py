@@ -3,7 +3,8 @@ own batcher, queue limit and worker thread), loaded, swapped and unloaded while
 requests flow.
 
 - Without ``VAE_MODEL_DIR`` it holds one model, ``VAE_WEIGHTS``, named after its file.
-- With it, every ``NAME.safetensors`` directly in the folder is model NAME. The folder
+- With it, every ``NAME.safetensors`` directly in the folder is model NAME, and so is
+  every folder ``NAME/`` that holds a diffusers VAE (server/diffusers_models.py). The folder
   is polled every ``VAE_MODEL_POLL_S``: polling, not inotify, because inotify misses
   changes on network volumes and on Kubernetes' symlink-swapped mounts.
 - A new version is loaded and warmed up beside the old one, then swapped in. Requests
@@ -22,12 +23,15 @@ from pathlib import Path
 
 from vae_service.model import Checkpoint
 from vae_service.server.backends import load_backend
-from vae_service.server.metrics import Metrics
+from vae_service.server.diffusers_models import is_diffusers_folder
+from vae_service.server.diffusers_runtime import DiffusersRuntime, load_folder
+from vae_service.server.metrics import Metrics, checkpoint_info
 from vae_service.server.model_entries import (
     NAME,
     SUFFIX,
     Entry,
     ModelUnavailable,
+    Runtime,
     Stamp,
     UnknownModel,
     Version,
@@ -66,10 +70,16 @@ class ModelRepository:
         for path in sorted(folder.iterdir()):
             if path.is_file() and path.suffix == SUFFIX and NAME.fullmatch(path.stem):
                 found[path.stem] = path
+            elif NAME.fullmatch(path.name) and is_diffusers_folder(path):
+                found[path.name] = path
             elif not path.name.startswith("."):
                 ignored.add(path.name)
                 if path.name not in self._ignored:
-                    logger.info("model repository: ignoring %s (not NAME%s)", path, SUFFIX)
+                    logger.info(
+                        "model repository: ignoring %s (not NAME%s, nor a diffusers folder)",
+                        path,
+                        SUFFIX,
+                    )
         self._ignored = ignored
         return found
 
@@ -128,7 +138,7 @@ class ModelRepository:
                 entry.loading = False
             old, entry.live, entry.error = entry.live, Version(runtime), None
             self.metrics.describe_model(
-                name, runtime.checkpoint, str(runtime.device), lambda: runtime.batcher.queued_rows
+                name, model_info(runtime), lambda: runtime.batcher.queued_rows
             )
             logger.info("model %s: serving %s (%s)", name, path, runtime.checkpoint.sha256[:12])
         if old is not None:
@@ -141,17 +151,19 @@ class ModelRepository:
     async def reload(self, name: str) -> Entry:
         """Load ``name``'s file again now, here and (``--workers``) in every other worker."""
         entry = self.entries.get(name)
-        if entry is None or not entry.path.is_file():
+        if entry is None or not entry.path.exists():
             raise UnknownModel(name, self.names())
         entry = await self.load(name, entry.path)
         if self.notices is not None:
             self.notices.announce(name)
         return entry
 
-    async def _start_runtime(
-        self, name: str, path: Path, checkpoint: Checkpoint | None
-    ) -> ModelRuntime:
+    async def _start_runtime(self, name: str, path: Path, checkpoint: Checkpoint | None) -> Runtime:
         started = time.perf_counter()
+        if path.is_dir():
+            weights = await asyncio.to_thread(load_folder, path, self.settings.device)
+            self.metrics.load_seconds.labels(name).set(time.perf_counter() - started)
+            return await self._warmed_up(name, DiffusersRuntime(weights, batching(self.settings)))
         if checkpoint is None:
             checkpoint = await asyncio.to_thread(load_checkpoint, path, self.settings.device)
             self.metrics.load_seconds.labels(name).set(time.perf_counter() - started)
@@ -162,7 +174,11 @@ class ModelRepository:
             self.settings.onnx_cache_dir,
             torch_threads(self.settings.torch_threads),
         )
-        runtime = ModelRuntime(checkpoint, batching(self.settings), backend)
+        return await self._warmed_up(
+            name, ModelRuntime(checkpoint, batching(self.settings), backend)
+        )
+
+    async def _warmed_up(self, name: str, runtime: Runtime) -> Runtime:
         started = time.perf_counter()
         try:
             await runtime.start()
@@ -247,6 +263,13 @@ class ModelRepository:
         for entry in self.entries.values():
             if entry.live is not None:
                 await entry.live.runtime.aclose()
+
+
+def model_info(runtime: Runtime) -> dict[str, str]:
+    """The version's identity, as the model-info metric labels it."""
+    if isinstance(runtime, DiffusersRuntime):
+        return runtime.metric_info()
+    return checkpoint_info(runtime.checkpoint, str(runtime.device))
 
 
 def batching(settings: Settings) -> Batching:

@@ -103,6 +103,15 @@ def run_guarded(
     return tuple(o.float().cpu().contiguous() for o in fn(batch))
 
 
+def forward_on(
+    device: torch.device, half: torch.dtype | None, fn: Callable[[Tensor], Outputs], batch: Tensor
+) -> Outputs:
+    """On the batcher's thread: to the device, through ``fn``, back as CPU float32."""
+    if device.type == "cuda":  # pinned pages let the copy run asynchronously
+        batch = batch.pin_memory().to(device, non_blocking=True)
+    return run_guarded(fn, batch, half)
+
+
 @dataclass(frozen=True)
 class Batching:
     """How requests are stacked into forward passes (the VAE_MAX_BATCH_* settings)."""
@@ -179,10 +188,7 @@ class ModelRuntime:
         await self.batcher.aclose()
 
     def _forward(self, fn: Callable[[Tensor], Outputs], batch: Tensor) -> Outputs:
-        """On the batcher's thread: to the device, through ``fn``, back as CPU float32."""
-        if self.device.type == "cuda":  # pinned pages let the copy run asynchronously
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        return run_guarded(fn, batch, self.half)
+        return forward_on(self.device, self.half, fn, batch)
 
     def _encode_batch(self, images: Tensor) -> Outputs:
         return self._forward(self.backend.encode, images)

@@ -20,12 +20,14 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Path, Request
 from starlette.exceptions import HTTPException
 
+from vae_service.server.diffusers_runtime import DiffusersRuntime
 from vae_service.server.errors import (
     HANDLED,
     ClientClosedRequest,
     ModelFailure,
     NotReady,
     RequestTimeout,
+    Unprocessable,
 )
 from vae_service.server.model_entries import Version
 from vae_service.server.repository import ModelRepository
@@ -88,7 +90,25 @@ class Served:
 
     @property
     def runtime(self) -> ModelRuntime:
-        return self.version.runtime
+        """Our own VAE; 422 for a diffusers model, which the remote routes serve."""
+        runtime = self.version.runtime
+        if isinstance(runtime, ModelRuntime):
+            return runtime
+        raise Unprocessable(
+            f"model {self.name!r} is a diffusers {runtime.config.family}: it serves "
+            f"/models/{self.name}/remote-decode and /remote-encode only"
+        )
+
+    @property
+    def diffusers(self) -> DiffusersRuntime:
+        """A diffusers VAE; 422 for our own, which the remote routes do not serve yet."""
+        runtime = self.version.runtime
+        if isinstance(runtime, DiffusersRuntime):
+            return runtime
+        raise Unprocessable(
+            f"model {self.name!r} is one of this service's own VAEs: the remote VAE "
+            "routes serve diffusers models only (use /encode and /decode)"
+        )
 
     @property
     def headers(self) -> dict[str, str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vae_service import __version__
-from vae_service.server.errors import ModelNotFound, ServiceError
+from vae_service.server.errors import ModelNotFound, ServiceError, Unprocessable
 from vae_service.server.model_entries import UnknownModel, Version
 from vae_service.server.repository import ModelRepository
 from vae_service.server.runtime import ModelRuntime
@@ -76,7 +76,10 @@ class ProtocolModel:
 
     @property
     def runtime(self) -> ModelRuntime:
-        return self.version.runtime
+        runtime = self.version.runtime
+        if not isinstance(runtime, ModelRuntime):  # not served over the protocol yet
+            raise Unprocessable(f"{self.base!r} is a diffusers model: use its remote VAE routes")
+        return runtime
 
     @property
     def version_id(self) -> str:

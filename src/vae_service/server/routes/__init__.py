@@ -5,6 +5,7 @@ from fastapi import APIRouter
 
 from vae_service.server.routes import models, oip, ops, playground
 from vae_service.server.routes.inference import model_router
+from vae_service.server.routes.remote import remote_router
 from vae_service.server.serving import PER_MODEL
 
 
@@ -14,6 +15,8 @@ def all_routers() -> tuple[APIRouter, ...]:
         model_router(),
         models.router,
         model_router(PER_MODEL),
+        remote_router(),
+        remote_router(PER_MODEL),
         oip.router,
         playground.router,
     )

@@ -4,16 +4,19 @@ included a second time (routes/__init__.py)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
+import torch
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from vae_service.server.api_docs import error_responses
 from vae_service.server.auth import bearer_token, digest, key_matches
+from vae_service.server.diffusers_runtime import DiffusersRuntime
 from vae_service.server.errors import Forbidden, Unprocessable
 from vae_service.server.model_entries import Entry
 from vae_service.server.routes.ops import describe
+from vae_service.server.runtime import ModelRuntime
 from vae_service.server.schemas import ModelInfo, Status
 from vae_service.server.serving import ModelName, Repository, ServedModel
 from vae_service.server.settings import BackendName
@@ -37,6 +40,16 @@ class ModelSummary(BaseModel):
     prior: Literal["standard", "fitted"] | None = Field(
         description="The prior /sample uses by default"
     )
+    family: Literal["ours", "AutoencoderKL", "AutoencoderTiny"] | None = Field(
+        None, description="ours: this service's VAE; else the diffusers class (docs/diffusers.md)"
+    )
+    latent_shape: list[int] | None = Field(
+        None, description="One image's latent: [D], or C, h, w with -1 for any size"
+    )
+    downsampling: int | None = Field(
+        None, description="Image pixels per latent position, per side (diffusers models)"
+    )
+    dtype: str | None = Field(None, description="The weights' dtype", examples=["float32"])
 
 
 class ModelList(BaseModel):
@@ -46,17 +59,48 @@ class ModelList(BaseModel):
 
 def summary(entry: Entry, default: str) -> ModelSummary:
     runtime = entry.live.runtime if entry.live else None
-    return ModelSummary(
-        name=entry.name,
-        default=entry.name == default,
-        state=entry.state,  # type: ignore[arg-type]
-        error=entry.error,
-        sha256=entry.live.sha256 if entry.live else None,
-        image_shape=list(runtime.config.image_shape) if runtime else None,
-        latent_dim=runtime.config.latent_dim if runtime else None,
-        backend=runtime.backend.name if runtime else None,
-        prior=None if runtime is None else ("fitted" if runtime.prior else "standard"),
-    )
+    common = {
+        "name": entry.name,
+        "default": entry.name == default,
+        "state": entry.state,
+        "error": entry.error,
+        "sha256": entry.live.sha256 if entry.live else None,
+    }
+    if isinstance(runtime, DiffusersRuntime):
+        return ModelSummary.model_validate({**common, **diffusers_summary(runtime)})
+    return ModelSummary.model_validate({**common, **own_summary(runtime)})
+
+
+def own_summary(runtime: ModelRuntime | None) -> dict[str, Any]:
+    if runtime is None:  # no version serves
+        return dict.fromkeys(("image_shape", "latent_dim", "backend", "prior"))
+    return {
+        "image_shape": list(runtime.config.image_shape),
+        "latent_dim": runtime.config.latent_dim,
+        "backend": runtime.backend.name,
+        "prior": "fitted" if runtime.prior else "standard",
+        "family": "ours",
+        "latent_shape": [runtime.config.latent_dim],
+        "dtype": dtype_name(runtime.model),
+    }
+
+
+def diffusers_summary(runtime: DiffusersRuntime) -> dict[str, Any]:
+    space = runtime.config
+    return {
+        "image_shape": [space.image_channels, -1, -1],
+        "latent_dim": None,
+        "backend": "torch",
+        "prior": None,
+        "family": space.family,
+        "latent_shape": [space.latent_channels, -1, -1],
+        "downsampling": space.factor,
+        "dtype": dtype_name(runtime.model),
+    }
+
+
+def dtype_name(model: torch.nn.Module) -> str:
+    return str(next(model.parameters()).dtype).removeprefix("torch.")
 
 
 @router.get("/models", response_model=ModelList, responses=error_responses(401, 503))

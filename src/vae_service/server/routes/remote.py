@@ -1,0 +1,114 @@
+"""diffusers' remote VAE endpoints, so that ``remote_decode(endpoint=...)`` and
+``remote_encode(endpoint=...)`` work unchanged: /remote-decode and /remote-encode for the
+default model, and again under /models/{model}/. The wire format is server/remote_vae.py's;
+the model runs through its batcher (``Served.wait``), as every model route's does."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Depends, Query, Request, Response
+from torch import Tensor
+
+from vae_service.server.api_docs import error_responses
+from vae_service.server.errors import Unprocessable
+from vae_service.server.imaging import decode_image_as_is
+from vae_service.server.remote_query import RemoteDecodeQuery, RemoteEncodeQuery
+from vae_service.server.remote_vae import (
+    DTYPES,
+    check_decode,
+    check_images,
+    check_size,
+    image_file,
+    read_tensor,
+    scaling_of,
+    signed_images,
+    tensor_reply,
+    uint8_images,
+    unpack,
+)
+from vae_service.server.routes.inference import choose_seed
+from vae_service.server.runtime import Posterior, draw_posterior
+from vae_service.server.serving import PER_MODEL, Served, ServedModel, leased, model_path
+from vae_service.server.validation import checked_latents
+
+IMAGE_TYPES = {"png": "image/png", "jpg": "image/jpeg"}
+
+
+async def remote_decode(
+    model: ServedModel, query: Annotated[RemoteDecodeQuery, Query()], request: Request
+) -> Response:
+    """Latents (a raw tensor) -> images: a PNG or JPEG (output_type=pil), or a raw tensor
+    (pt): floats in [-1, 1] in the latents' dtype, or uint8 N×H×W×C (partial_postprocess)."""
+    runtime, settings = model.diffusers, model.settings
+    h, w = check_decode(query, runtime.config, settings)
+    z = read_tensor(await request.body(), query.shape, query.dtype, settings.max_body_bytes)
+    z = checked_latents(unpack(z, h, w) if z.ndim == 3 else z, settings.max_abs_latent)
+    scaling = scaling_of(query, runtime.config)
+    images = await model.wait(runtime.decode(scaling.to_model(z) if scaling else z))
+    if query.output_type == "pil":
+        data = await asyncio.to_thread(image_file, images, query.image_format)
+        return Response(data, media_type=IMAGE_TYPES[query.image_format], headers=model.headers)
+    if query.partial_postprocess:
+        return tensor_reply(torch.from_numpy(uint8_images(images)), model.headers)
+    return tensor_reply(images.to(DTYPES[query.dtype]), model.headers)
+
+
+async def remote_encode(
+    model: ServedModel, query: Annotated[RemoteEncodeQuery, Query()], request: Request
+) -> Response:
+    """Images (a raw tensor in [-1, 1], or an image file) -> latents, a raw tensor in the
+    images' dtype (float32 for a file): the posterior's mode, or with sample=true a draw."""
+    runtime = model.diffusers
+    if query.sample and not runtime.has_posterior:
+        raise Unprocessable(f"{runtime.config.family} has no posterior to sample from")
+    images, dtype = await request_images(request, query, model)
+    encoded = await model.wait(runtime.encode(images))
+    headers = model.headers
+    z = encoded[0]
+    if query.sample:
+        seed = choose_seed(query.seed)
+        z, headers["X-Seed"] = draw_posterior(Posterior(*encoded), seed), str(seed)
+    scaling = scaling_of(query, runtime.config)
+    return tensor_reply((scaling.from_model(z) if scaling else z).to(dtype), headers)
+
+
+async def request_images(
+    request: Request, query: RemoteEncodeQuery, model: Served
+) -> tuple[Tensor, torch.dtype]:
+    """The images to encode, and the dtype to answer in."""
+    runtime, settings = model.diffusers, model.settings
+    if query.shape is None:  # diffusers' client sends a PIL image as a PNG file
+        return await file_images(await request.body(), model), torch.float32
+    check_images(query.shape, runtime.config, settings)
+    body = await request.body()
+    images = read_tensor(body, query.shape, query.dtype, settings.max_body_bytes)
+    return signed_images(images), DTYPES[query.dtype]
+
+
+async def file_images(body: bytes, model: Served) -> Tensor:
+    """An image file at its own size, as 1 x C x H x W in [-1, 1]."""
+    space, max_pixels = model.diffusers.config, model.settings.max_pixels_per_image
+    array: np.ndarray = await asyncio.to_thread(
+        decode_image_as_is, body, space.image_channels, max_pixels
+    )
+    check_size(array.shape[1], array.shape[2], space, model.settings)
+    return torch.from_numpy(array).unsqueeze(0) * 2 - 1
+
+
+def remote_router(prefix: str = "") -> APIRouter:
+    """The remote VAE routes under ``prefix``: "" for the default model, or PER_MODEL."""
+    per_model = prefix == PER_MODEL
+    router = APIRouter(
+        prefix=prefix,
+        tags=["remote VAE"],
+        dependencies=[Depends(model_path)] if per_model else [],
+        responses=error_responses(404) if per_model else {},
+    )
+    errors = error_responses(400, 401, 413, 422, 503, 504)
+    router.post("/remote-decode", response_class=Response, responses=errors)(leased(remote_decode))
+    router.post("/remote-encode", response_class=Response, responses=errors)(leased(remote_encode))
+    return router
