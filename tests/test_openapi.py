@@ -1,6 +1,8 @@
 """The limits in /openapi.json are the running ones: the settings' (the tiny test
 settings: max_sample_n=32, max_interpolation_steps=16, max_images_per_request=8) and,
-once loaded, the model's (the tiny model's latent_dim is 4, and it has no fitted prior)."""
+once loaded, the model's (the tiny model's latent_dim is 4, and it has no fitted prior);
+in a repository of models that differ, each model's own. tests/test_openapi_walk.py
+walks the whole document with schemathesis."""
 
 from __future__ import annotations
 
@@ -10,12 +12,18 @@ import re
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
+from tests.conftest import settings_for
+from tests.test_openapi_walk import model_repository
 from vae_service.server.main import create_app
 from vae_service.server.request_bodies import is_base64
-from vae_service.server.schemas import BASE64_PATTERN, LIVE
+from vae_service.server.schemas import BASE64_PATTERN, EXAMPLE_Z, LIVE, example_latent
 from vae_service.server.settings import Settings
+
+MODELS = ["fashion-mnist", "fitted", "wide"]  # model_repository's
 
 
 def parameter(spec: dict[str, Any], path: str, name: str) -> dict[str, Any]:
@@ -50,9 +58,12 @@ def test_settings_limits_are_in_the_schema(client: TestClient) -> None:
         assert files["required"] == ["images"]
         assert files["properties"]["images"]["minItems"] == 1
         assert files["properties"]["images"]["maxItems"] == 8
+        # An empty file or string is no image (400): the document allows neither.
+        assert files["properties"]["images"]["items"]["minLength"] == 1
         images = body(spec, path, "application/json")["properties"]["images"]
         assert (images["minItems"], images["maxItems"]) == (1, 8)
         assert images["items"]["pattern"] == f"^{BASE64_PATTERN}$"
+        assert images["items"]["minLength"] == 1
     decode_z = body(spec, "/decode", "application/json")["properties"]["z"]
     assert (decode_z["minItems"], decode_z["maxItems"]) == (1, 8)
     value = latent_rows(decode_z)["items"]
@@ -69,6 +80,13 @@ def test_model_limits_are_in_the_schema(client: TestClient) -> None:
         assert (row["minItems"], row["maxItems"]) == (4, 4)
     # The tiny weights carry no fitted prior: prior=fitted is a 422, so not offered.
     assert parameter(spec, "/sample", "prior")["enum"] == ["standard"]
+    # The example is a valid request: one latent of the model's length.
+    assert body(spec, "/decode", "application/json")["properties"]["z"]["examples"] == [[EXAMPLE_Z]]
+    # One model: the /models/{model}/ routes are the default model's, by name.
+    assert parameter(spec, "/models/{model}/decode", "model")["enum"] == ["tiny"]
+    assert body(spec, "/models/{model}/decode", "application/json") == body(
+        spec, "/decode", "application/json"
+    )
 
 
 def test_interpolate_takes_exactly_two(client: TestClient) -> None:
@@ -164,3 +182,65 @@ def test_base64_that_b64decode_alone_lets_through_is_refused(client: TestClient)
         reply = client.post("/encode", json={"images": [text]})
         assert reply.status_code == 422, text
         assert "not valid base64" in reply.json()["detail"]
+
+
+@pytest.fixture(scope="module")
+def repository_spec(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The document of a repository of models that differ: fashion-mnist (the default,
+    latent_dim 4, no fitted prior), wide (latent_dim 6) and fitted (a fitted prior)."""
+    folder = model_repository(tmp_path_factory.mktemp("models"))
+    settings = settings_for(folder / "unused.safetensors").model_copy(update={"model_dir": folder})
+    with TestClient(create_app(settings)) as client:
+        spec: dict[str, Any] = client.get("/openapi.json").json()
+    return spec
+
+
+def test_routes_that_differ_by_model_are_written_out_for_each(
+    repository_spec: dict[str, Any],
+) -> None:
+    """A path parameter cannot change a body's schema: /decode and /interpolate (the
+    latent length) and /sample (the priors) get a path of their own per model."""
+    spec, paths = repository_spec, repository_spec["paths"]
+    for route in ("decode", "interpolate", "sample"):
+        assert f"/models/{{model}}/{route}" not in paths
+        assert {f"/models/{model}/{route}" for model in MODELS} <= set(paths)
+    for model, latent_dim in (("fashion-mnist", 4), ("fitted", 4), ("wide", 6)):
+        z = body(spec, f"/models/{model}/decode", "application/json")["properties"]["z"]
+        assert (latent_rows(z)["minItems"], latent_rows(z)["maxItems"]) == (latent_dim,) * 2
+        assert z["examples"] == [[example_latent(latent_dim)]]
+        pair = body(spec, f"/models/{model}/interpolate", "application/json")["properties"]["z"]
+        assert latent_rows(pair)["maxItems"] == latent_dim
+        priors = ["standard", "fitted"] if model == "fitted" else ["standard"]
+        assert parameter(spec, f"/models/{model}/sample", "prior")["enum"] == priors
+        operation = paths[f"/models/{model}/decode"]["post"]
+        assert "model" not in {p["name"] for p in operation["parameters"]}
+    # The un-prefixed routes are the default model's.
+    assert (
+        latent_rows(body(spec, "/decode", "application/json")["properties"]["z"])["maxItems"] == 4
+    )
+    # What every model takes alike stays one path, for every model.
+    for route in ("/models/{model}/encode", "/models/{model}/reconstruct", "/models/{model}"):
+        assert parameter(spec, route, "model")["enum"] == MODELS
+    ids = [op["operationId"] for item in paths.values() for op in item.values()]
+    assert len(ids) == len(set(ids))
+    assert LIVE not in json.dumps(spec)
+
+
+def test_api_keys_are_declared(api_settings: Settings) -> None:
+    """With VAE_API_KEYS, every operation but the health checks needs the bearer key and
+    answers 401 without it (/model and /metrics too, which declare no 401 themselves)."""
+    keyed = api_settings.model_copy(update={"api_keys": [SecretStr("key")]})
+    client = TestClient(create_app(keyed))
+    spec = client.get("/openapi.json", headers={"Authorization": "Bearer key"}).json()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    for path, item in spec["paths"].items():
+        for operation in item.values():
+            if path in ("/healthz", "/readyz"):
+                assert "security" not in operation and "401" not in operation["responses"]
+            else:
+                assert operation["security"] == [{"bearer": []}], path
+                assert "401" in operation["responses"], path
+    assert client.get("/model").status_code == 401
+    assert client.get("/metrics").status_code == 401
+    plain = TestClient(create_app(api_settings)).get("/openapi.json").json()
+    assert "securitySchemes" not in plain["components"]

@@ -52,8 +52,10 @@ IMAGE_PAIR: dict[str, Any] = {"minItems": 2, "maxItems": 2}
 
 
 def multipart_images(count: dict[str, Any]) -> dict[str, Any]:
-    """A multipart body of ``count`` file parts named ``images``."""
-    files = {"type": "array", "items": {"type": "string", "format": "binary"}, **count}
+    """A multipart body of ``count`` file parts named ``images``, none of them empty (an
+    empty file is no image: 400, as an empty base64 string in JSON)."""
+    part = {"type": "string", "format": "binary", "minLength": 1}
+    files = {"type": "array", "items": part, **count}
     return {"type": "object", "properties": {"images": files}, "required": ["images"]}
 
 
@@ -114,7 +116,9 @@ are ignored. Every answer carries `X-Request-ID` (yours, if you sent a short one
 
 **Limits in this document** are the running server's: its settings and, once the model
 is loaded (`/readyz`), the model's (`z` rows of exactly `latent_dim` numbers, the priors
-the weights offer). A request this document allows is accepted, except for what no
-schema can say: bytes that are no image (400), an image over `VAE_MAX_PIXELS_PER_IMAGE`
-pixels (422), a body over `VAE_MAX_BODY_BYTES` (413).
+the weights offer). Where the repository's models differ in these, the routes that
+depend on them are written out for each model (`/models/NAME/decode`, ...), with its
+own. A request this document allows is accepted, except for what no schema can say:
+bytes that are no image (400), an image over `VAE_MAX_PIXELS_PER_IMAGE` pixels (422), a
+body over `VAE_MAX_BODY_BYTES` (413).
 """

@@ -21,9 +21,16 @@ BASE64_PATTERN = r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)
 LIVE = "x-live"
 
 
+def example_latent(latent_dim: int) -> list[float]:
+    """A latent of ``latent_dim`` values (EXAMPLE_Z's, repeated): /decode's example in
+    the OpenAPI document, the loaded model's length (see ``z_examples``)."""
+    return [EXAMPLE_Z[i % len(EXAMPLE_Z)] for i in range(latent_dim)]
+
+
 def live(**keywords: str) -> dict[str, Any]:
     """A mark for server/openapi.py: set each JSON Schema keyword to the live value named
-    (a setting, or ``latent_dim`` and ``priors`` from the loaded model; ``-`` negates),
+    (a setting, or ``latent_dim``, ``priors`` and ``z_examples`` from the loaded model;
+    ``-`` negates a number),
     for limits that are only known once the app has its settings and weights."""
     return {LIVE: keywords}
 
@@ -112,8 +119,9 @@ class EncodeResponse(BaseModel):
 class DecodeRequest(BaseModel):
     z: list[Latent] = Field(
         min_length=1,
+        # Until the model is loaded; then one row of its latent_dim (a valid request).
         examples=[[EXAMPLE_Z]],
-        json_schema_extra=live(maxItems="max_images_per_request"),
+        json_schema_extra=live(maxItems="max_images_per_request", examples="z_examples"),
     )
 
 
