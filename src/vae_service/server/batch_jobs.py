@@ -45,13 +45,19 @@ class InvalidRows(ValueError):
     """A request whose rows cannot be stacked with others for this operation."""
 
 
+# How many rows shaped like these one forward pass may hold (diffusers' VAEs: by pixels).
+RowsPerBatch = Callable[[Tensor], int]
+
+
 @dataclass(frozen=True)
 class Operation:
     """One batchable model operation and the shape of one input row; None: any shape
-    (diffusers' VAEs take any image size), and a batch only stacks rows of one shape."""
+    (diffusers' VAEs take any image size), and a batch only stacks rows of one shape.
+    ``fits``, where given, lowers the batcher's row limit for large rows."""
 
     fn: BatchFn
     row_shape: tuple[int, ...] | None
+    fits: RowsPerBatch | None = None
 
 
 @dataclass(eq=False)
@@ -62,6 +68,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     rows: Tensor
     queued_at: float
+    limit: int = 1  # rows of this request's shape one batch may hold
     taken: int = 0  # rows handed to batches so far, in order
     running: int = 0  # slices taken and not yet answered
     parts: list[Outputs] = field(default_factory=list)

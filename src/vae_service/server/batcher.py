@@ -6,7 +6,8 @@ forward pass on ONE dedicated worker thread, so the event loop never blocks on t
 - adaptive by default: when the model is idle a request runs at once; while it is busy,
   requests queue, and the next batch takes what has queued, up to the limit. An optional
   delay (``max_delay_s``, from the oldest queued request) waits for fuller batches;
-- the batch limit counts rows (images or latents), not requests. Requests are served
+- the batch limit counts rows (images or latents), not requests; an operation may lower
+  it for large rows (``Operation.fits``: diffusers' VAEs count pixels). Requests are served
   round-robin: a batch takes queued requests in turn, and a request with more rows than
   fit gives a slice (leaving room for the rows others have queued, up to a quarter of a
   batch) and goes to the back of the queue, so one large request cannot hold the model
@@ -110,10 +111,10 @@ class Batcher:
         """
         self._check_rows(op, rows)
         loop = asyncio.get_running_loop()
-        job = Job(loop.create_future(), loop, rows, time.monotonic())
+        job = Job(loop.create_future(), loop, rows, time.monotonic(), self._limit(op, rows))
         with self._cond:
             self._admit(len(rows))
-            if len(rows) <= self.max_batch_size:
+            if len(rows) <= job.limit:
                 self._fitting_at = job.queued_at
             self._queues[op].append(job)
             self.queued_rows += len(rows)
@@ -155,6 +156,10 @@ class Batcher:
             raise InvalidRows(f"{op}: no rows")
         if rows.dtype != torch.float32:  # stacking mixed dtypes would promote the whole batch
             raise InvalidRows(f"{op}: expected float32 rows, got {rows.dtype}")
+
+    def _limit(self, op: str, rows: Tensor) -> int:
+        fits = self.operations[op].fits
+        return self.max_batch_size if fits is None else max(1, min(self.max_batch_size, fits(rows)))
 
     def _admit(self, n_rows: int) -> None:
         if self._closing:
@@ -212,10 +217,10 @@ class Batcher:
                 self._cond.wait(wait)
 
     def _full(self, op: str) -> bool:
-        total = 0
-        for job in self._queues[op]:
+        total, queue = 0, self._queues[op]
+        for job in queue:
             total += job.left
-            if total >= self.max_batch_size:
+            if total >= queue[0].limit:
                 return True
         return False
 
@@ -229,13 +234,14 @@ class Batcher:
 
         Cancelled requests are dropped, and so are requests not yet started that have
         waited past the queue-wait bound (refused with ``QueueTimeout``)."""
-        queue, room = self._queues[op], self.max_batch_size
+        queue, used = self._queues[op], 0
         taken: list[Slice] = []
         late = self.max_queue_wait_s and now - self.max_queue_wait_s
         short = now - self._fitting_at < self.SHORT_PASSES_S
-        while queue and room:
+        # Every row taken has one shape, so one limit: the first taken request's.
+        while queue and (room := queue[0].limit - used) > 0:
             job = queue[0]
-            if job.left <= self.max_batch_size and job.left > room:
+            if job.left <= job.limit and job.left > room:
                 break  # a request that fits in a batch is not split: it leads the next one
             if short and any(j is job for j, _ in taken):
                 break  # short passes: one slice of a split request a batch
@@ -257,23 +263,23 @@ class Batcher:
                 continue
             n = min(job.left, room)
             if n < job.left and queue:  # others wait: leave room for them in this batch
-                n = max(1, n - self._reserve(queue))
-            if short and len(job.rows) > self.max_batch_size:
-                n = min(n, max(1, self.max_batch_size // 2))
+                n = max(1, n - self._reserve(queue, job.limit))
+            if short and len(job.rows) > job.limit:
+                n = min(n, max(1, job.limit // 2))
             taken.append((job, job.rows[job.taken : job.taken + n]))
             job.taken += n
             job.running += 1
-            room -= n
+            used += n
             self.queued_rows -= n
             if job.left:
                 queue.append(job)  # round-robin: the rest waits its turn behind the others
         return taken
 
-    def _reserve(self, others: deque[Job]) -> int:
+    def _reserve(self, others: deque[Job], limit: int) -> int:
         """Rows of a batch a large request leaves to the others waiting: what they have
         queued, up to a quarter of a batch. Reserving a fixed quarter left batches short
         while only a few single rows waited (the large client kept 62% of its speed)."""
-        quarter, need = self.max_batch_size // 4, 0
+        quarter, need = limit // 4, 0
         for job in others:
             need += job.left
             if need >= quarter:

@@ -21,6 +21,7 @@ WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 FAMILIES = ("AutoencoderKL", "AutoencoderTiny")
 INSTALL_HINT = "pip install 'vae-service[diffusers]'"
 CHUNK = 1 << 20
+STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
 
 class DiffusersModelError(Exception):
@@ -112,20 +113,49 @@ def read_config(folder: Path) -> tuple[str, dict[str, Any]]:
     return family, config
 
 
-def load_diffusers(folder: Path, device: torch.device) -> DiffusersWeights:
-    """The folder's VAE on ``device``, in float32 (blocking: call it off the event loop)."""
-    family, _ = read_config(folder)
+def stored_dtype(folder: Path) -> torch.dtype:
+    """The weights' floating-point type, from the safetensors header (nothing is read into
+    memory): float16 or bfloat16 where every float tensor has it, else float32."""
+    from safetensors import safe_open  # a dependency of diffusers
+
+    try:
+        with safe_open(str(folder / WEIGHTS_FILE), "pt") as weights:
+            kinds = {weights.get_slice(key).get_dtype() for key in weights.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises several kinds on a damaged file
+        raise DiffusersModelError(f"{WEIGHTS_FILE}: {exc}") from None
+    floats = kinds & set(STORED_DTYPES)
+    return STORED_DTYPES[floats.pop()] if len(floats) == 1 else torch.float32
+
+
+def serving_dtype(
+    family: str, config: dict[str, Any], stored: torch.dtype, half: torch.dtype | None
+) -> torch.dtype:
+    """The weights' own dtype, or ``half`` (VAE_PRECISION on CUDA); float16 is upcast to
+    float32 where the config says ``force_upcast``, as diffusers' pipelines do before
+    decoding: the SD and SDXL VAEs overflow in float16. bfloat16 has float32's range."""
+    dtype = half or stored
+    upcast = config.get("force_upcast", family == "AutoencoderKL")  # diffusers' defaults
+    return torch.float32 if dtype == torch.float16 and upcast else dtype
+
+
+def load_diffusers(
+    folder: Path, device: torch.device, half: torch.dtype | None = None
+) -> DiffusersWeights:
+    """The folder's VAE on ``device``, in its serving_dtype (blocking: call it off the
+    event loop)."""
+    family, config = read_config(folder)
     try:
         import diffusers
     except ImportError:
         raise DiffusersModelError(f"diffusers is not installed: {INSTALL_HINT}") from None
     sha256 = folder_sha256(folder)
+    dtype = serving_dtype(family, config, stored_dtype(folder), half)
     try:
         # low_cpu_mem_usage=False: the same load with or without accelerate installed.
         model, info = getattr(diffusers, family).from_pretrained(
             folder,
             local_files_only=True,
-            torch_dtype=torch.float32,
+            torch_dtype=dtype,
             low_cpu_mem_usage=False,
             output_loading_info=True,
         )

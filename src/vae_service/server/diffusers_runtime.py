@@ -3,14 +3,20 @@ repository loads, swaps and retires it as it does a ModelRuntime, and requests w
 it through ``Served.wait``.
 
 Images may have any size, so both operations take rows of any shape; a batch stacks only
-requests of one shape (server/batcher.py). Images are N x C x H x W in [-1, 1], latents
-N x C x h x w as the model gives them (unscaled), every tensor CPU float32.
+requests of one shape (server/batcher.py), and only as many images as fit in
+VAE_MAX_BATCH_PIXELS. An image over that budget runs with diffusers' own tiling, as does
+any request that asks for it (the ``*_tiled`` operations). Images are N x C x H x W in
+[-1, 1], latents N x C x h x w as the model gives them (unscaled), every tensor CPU
+float32 whatever the weights' dtype.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -31,13 +37,13 @@ logger = logging.getLogger("service")
 WARM_UP_LATENT = 2  # latent positions per side of the warm-up pass: small, and any model's
 
 
-def load_folder(folder: Path, device: str) -> DiffusersWeights:
-    """The folder's VAE on the chosen device (blocking)."""
+def load_folder(folder: Path, device: str, precision: str = "fp32") -> DiffusersWeights:
+    """The folder's VAE on the chosen device (blocking); VAE_PRECISION applies on CUDA."""
     try:
         target = resolve_device(device)
     except ValueError as exc:
         raise DeviceError(str(exc)) from None
-    return load_diffusers(folder, target)
+    return load_diffusers(folder, target, HALF.get(precision) if target.type == "cuda" else None)
 
 
 class DiffusersRuntime:
@@ -49,11 +55,18 @@ class DiffusersRuntime:
         self.checkpoint = weights
         self.model = weights.model
         self.device = next(self.model.parameters()).device
-        self.half = HALF.get(batching.precision) if self.device.type == "cuda" else None
+        self.dtype = weights.dtype
+        # Half-precision weights run under autocast to their own dtype, so that float32
+        # inputs meet them, and NaN or inf re-runs in float32 (runtime.run_guarded).
+        self.half = None if self.dtype == torch.float32 else self.dtype
+        self.max_pixels = batching.max_batch_pixels
         self.ready = False
+        factor = self.config.factor
         operations = {
-            "encode": Operation(self._encode_batch, None),
-            "decode": Operation(self._decode_batch, None),
+            "encode": self._operation(self._encode, 1, tile=False),
+            "decode": self._operation(self._decode, factor**2, tile=False),
+            "encode_tiled": self._operation(self._encode, 1, tile=True),
+            "decode_tiled": self._operation(self._decode, factor**2, tile=True),
         }
         self.batcher = Batcher(
             operations,
@@ -66,6 +79,13 @@ class DiffusersRuntime:
     @property
     def config(self) -> LatentSpace:
         return self.checkpoint.space
+
+    @property
+    def can_tile(self) -> bool:
+        """diffusers' AutoencoderTiny tiling assumes TAESD's 4 latent and 3 image channels."""
+        space = self.config
+        channels = (space.latent_channels, space.image_channels)
+        return space.family == "AutoencoderKL" or channels == (4, 3)
 
     @property
     def has_posterior(self) -> bool:
@@ -113,11 +133,57 @@ class DiffusersRuntime:
         self.ready = False
         await self.batcher.aclose()
 
+    def _operation(self, fn: Callable[[Tensor], Outputs], scale: int, tile: bool) -> Operation:
+        """``fn`` batched by pixels (``scale`` output pixels a row position), tiled when
+        asked or when one row alone is over the budget."""
+
+        def pixels(rows: Tensor) -> int:
+            return rows.shape[-2] * rows.shape[-1] * scale
+
+        def run(batch: Tensor) -> Outputs:
+            with self._tiling(tile or pixels(batch) > self.max_pixels):
+                return self._forward(fn, batch)
+
+        return Operation(run, None, lambda rows: self.max_pixels // pixels(rows))
+
+    @contextlib.contextmanager
+    def _tiling(self, on: bool) -> Iterator[None]:
+        # Only the batcher's one thread runs the model, so the switch is never seen by
+        # another pass.
+        on = on and self.can_tile
+        if on:
+            self.model.enable_tiling()
+        try:
+            yield
+        finally:
+            if on:
+                self.model.disable_tiling()
+
+    def _forward(self, fn: Callable[[Tensor], Outputs], batch: Tensor) -> Outputs:
+        return forward_on(
+            self.device,
+            self.half,
+            lambda b: fn(b.to(self.dtype)),
+            batch,
+            partial(self._fp32, fn) if self.half else None,
+        )
+
+    def _fp32(self, fn: Callable[[Tensor], Outputs], batch: Tensor) -> Outputs:
+        """``fn`` with the weights upcast for this pass only: float16 or bfloat16 to float32
+        and back is exact, and keeps no second copy of the weights."""
+        # nn.Module.to: ModelMixin.to warns about modules kept in float32, of which these
+        # classes have none.
+        torch.nn.Module.to(self.model, torch.float32)
+        try:
+            return fn(batch.float())
+        finally:
+            torch.nn.Module.to(self.model, self.dtype)
+
     def _encode_batch(self, images: Tensor) -> Outputs:
-        return forward_on(self.device, self.half, self._encode, images)
+        return self._forward(self._encode, images)
 
     def _decode_batch(self, z: Tensor) -> Outputs:
-        return forward_on(self.device, self.half, self._decode, z)
+        return self._forward(self._decode, z)
 
     def _encode(self, images: Tensor) -> Outputs:
         encoded = self.model.encode(images)
@@ -128,12 +194,12 @@ class DiffusersRuntime:
     def _decode(self, z: Tensor) -> Outputs:
         return (self.model.decode(z).sample,)
 
-    async def encode(self, images: Tensor) -> Outputs:
+    async def encode(self, images: Tensor, tile: bool = False) -> Outputs:
         """Images N x C x H x W in [-1, 1] -> (mean, logvar) of q(z|x) for AutoencoderKL,
         (latents,) for AutoencoderTiny; unscaled."""
-        return await self.batcher.submit("encode", images)
+        return await self.batcher.submit("encode_tiled" if tile else "encode", images)
 
-    async def decode(self, z: Tensor) -> Tensor:
+    async def decode(self, z: Tensor, tile: bool = False) -> Tensor:
         """Unscaled latents N x C x h x w -> images N x C x H x W, about [-1, 1]."""
-        (images,) = await self.batcher.submit("decode", z)
+        (images,) = await self.batcher.submit("decode_tiled" if tile else "decode", z)
         return images

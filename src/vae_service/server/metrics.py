@@ -170,7 +170,15 @@ class Metrics:
     def batch_hook(self, model: str) -> Callable[[str, int], None]:
         """The batcher's per-batch callback for ``model``."""
         children = {op: self.batch_rows.labels(model, op) for op in ("encode", "decode")}
-        return lambda operation, rows: children[operation].observe(rows)
+
+        def observe(operation: str, rows: int) -> None:
+            # diffusers models add their tiled operations, labelled when first run.
+            child = children.get(operation)
+            if child is None:
+                child = children[operation] = self.batch_rows.labels(model, operation)
+            child.observe(rows)
+
+        return observe
 
     def describe_model(self, name: str, info: dict[str, str], queued: Callable[[], float]) -> None:
         """The version now serving ``name``: its identity (``info``) and its queue depth."""

@@ -29,6 +29,14 @@ class RemoteQuery(QueryModel):
         description="Decode: latents / scaling_factor + shift_factor; encode: the inverse",
     )
     shift_factor: float | None = Field(None, allow_inf_nan=False, description="See scaling_factor")
+    tile: bool = Field(
+        False,
+        description=(
+            "Run with diffusers' tiling (enable_tiling), as an image over "
+            "VAE_MAX_BATCH_PIXELS always does; AutoencoderKL tiles only images larger "
+            "than its config's sample_size"
+        ),
+    )
     do_scaling: bool = Field(
         False,
         description=(

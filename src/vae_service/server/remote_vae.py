@@ -173,6 +173,23 @@ def check_decode(
     return h, w
 
 
+def check_tiling(query: RemoteQuery, can_tile: bool, family: str) -> None:
+    if query.tile and not can_tile:
+        raise Unprocessable(
+            f"tile=true: diffusers' {family} tiling takes 4 latent and 3 image channels only"
+        )
+
+
+def finite(outputs: Tensor) -> Tensor:
+    """The model's answer, unless it holds NaN or inf even after the float32 re-run
+    (runtime.run_guarded): a black image or NaN latents are refused, never sent."""
+    if not bool(torch.isfinite(outputs).all()):
+        raise Unprocessable(
+            "the model gave NaN or inf for this input, in float32 too; nothing was returned"
+        )
+    return outputs
+
+
 def uint8_images(images: Tensor) -> np.ndarray:
     """Decoded images in [-1, 1] -> uint8 N x H x W x C, as diffusers' postprocessing."""
     return to_uint8(((images + 1) / 2).numpy())

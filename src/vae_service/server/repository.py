@@ -161,7 +161,8 @@ class ModelRepository:
     async def _start_runtime(self, name: str, path: Path, checkpoint: Checkpoint | None) -> Runtime:
         started = time.perf_counter()
         if path.is_dir():
-            weights = await asyncio.to_thread(load_folder, path, self.settings.device)
+            device, precision = self.settings.device, self.settings.precision
+            weights = await asyncio.to_thread(load_folder, path, device, precision)
             self.metrics.load_seconds.labels(name).set(time.perf_counter() - started)
             return await self._warmed_up(name, DiffusersRuntime(weights, batching(self.settings)))
         if checkpoint is None:
@@ -279,4 +280,5 @@ def batching(settings: Settings) -> Batching:
         settings.max_queue_images,
         settings.precision,
         settings.max_queue_wait_ms / 1000,
+        settings.max_batch_pixels,
     )

@@ -90,26 +90,35 @@ def torch_threads(requested: int) -> int:
 
 
 def run_guarded(
-    fn: Callable[[Tensor], Outputs], batch: Tensor, half: torch.dtype | None
+    fn: Callable[[Tensor], Outputs],
+    batch: Tensor,
+    half: torch.dtype | None,
+    fp32: Callable[[Tensor], Outputs] | None = None,
 ) -> Outputs:
     """``fn(batch)`` as CPU float32; under autocast to ``half`` when given, and again in
-    fp32 when that gives NaN or inf, so half precision never reaches a client as NaN."""
+    fp32 when that gives NaN or inf, so half precision never reaches a client as NaN.
+    The re-run is ``fp32`` where given: a model whose weights are half precision needs
+    them upcast, which autocast alone does not do."""
     if half is not None:
         with torch.autocast(batch.device.type, dtype=half):
             outputs = fn(batch)
         if all(bool(torch.isfinite(o).all()) for o in outputs):
             return tuple(o.float().cpu().contiguous() for o in outputs)
         logger.warning("half precision gave NaN or inf; this batch ran again in fp32")
-    return tuple(o.float().cpu().contiguous() for o in fn(batch))
+    return tuple(o.float().cpu().contiguous() for o in (fp32 or fn)(batch))
 
 
 def forward_on(
-    device: torch.device, half: torch.dtype | None, fn: Callable[[Tensor], Outputs], batch: Tensor
+    device: torch.device,
+    half: torch.dtype | None,
+    fn: Callable[[Tensor], Outputs],
+    batch: Tensor,
+    fp32: Callable[[Tensor], Outputs] | None = None,
 ) -> Outputs:
     """On the batcher's thread: to the device, through ``fn``, back as CPU float32."""
     if device.type == "cuda":  # pinned pages let the copy run asynchronously
         batch = batch.pin_memory().to(device, non_blocking=True)
-    return run_guarded(fn, batch, half)
+    return run_guarded(fn, batch, half, fp32)
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,7 @@ class Batching:
     max_queue_images: int = 4096
     precision: str = "fp32"  # bf16 / fp16 apply on CUDA only
     max_queue_wait_s: float = 0.0  # 0: no bound
+    max_batch_pixels: int = 4 * 1024 * 1024  # diffusers models only
 
 
 class ModelRuntime:

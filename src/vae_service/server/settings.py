@@ -109,6 +109,15 @@ class Settings(BaseSettings):
             "is run in chunks of this size."
         ),
     )
+    max_batch_pixels: int = Field(
+        default=4 * 1024 * 1024,
+        ge=1,
+        description=(
+            "diffusers models: most pixels (decoded image pixels, for latents) in one "
+            "forward pass; a batch holds as many images of a size as fit, and one image "
+            "over it is decoded or encoded with diffusers' tiling."
+        ),
+    )
     max_batch_delay_ms: float = Field(
         default=0.0,
         ge=0.0,

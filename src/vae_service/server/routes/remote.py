@@ -22,6 +22,8 @@ from vae_service.server.remote_vae import (
     check_decode,
     check_images,
     check_size,
+    check_tiling,
+    finite,
     image_file,
     read_tensor,
     scaling_of,
@@ -45,10 +47,12 @@ async def remote_decode(
     (pt): floats in [-1, 1] in the latents' dtype, or uint8 N×H×W×C (partial_postprocess)."""
     runtime, settings = model.diffusers, model.settings
     h, w = check_decode(query, runtime.config, settings)
+    check_tiling(query, runtime.can_tile, runtime.config.family)
     z = read_tensor(await request.body(), query.shape, query.dtype, settings.max_body_bytes)
     z = checked_latents(unpack(z, h, w) if z.ndim == 3 else z, settings.max_abs_latent)
     scaling = scaling_of(query, runtime.config)
-    images = await model.wait(runtime.decode(scaling.to_model(z) if scaling else z))
+    z = scaling.to_model(z) if scaling else z
+    images = finite(await model.wait(runtime.decode(z, query.tile)))
     if query.output_type == "pil":
         data = await asyncio.to_thread(image_file, images, query.image_format)
         return Response(data, media_type=IMAGE_TYPES[query.image_format], headers=model.headers)
@@ -65,10 +69,11 @@ async def remote_encode(
     runtime = model.diffusers
     if query.sample and not runtime.has_posterior:
         raise Unprocessable(f"{runtime.config.family} has no posterior to sample from")
+    check_tiling(query, runtime.can_tile, runtime.config.family)
     images, dtype = await request_images(request, query, model)
-    encoded = await model.wait(runtime.encode(images))
+    encoded = await model.wait(runtime.encode(images, query.tile))
     headers = model.headers
-    z = encoded[0]
+    z = finite(encoded[0])
     if query.sample:
         seed = choose_seed(query.seed)
         z, headers["X-Seed"] = draw_posterior(Posterior(*encoded), seed), str(seed)
@@ -102,9 +107,12 @@ async def file_images(body: bytes, model: Served) -> Tensor:
 def remote_router(prefix: str = "") -> APIRouter:
     """The remote VAE routes under ``prefix``: "" for the default model, or PER_MODEL."""
     per_model = prefix == PER_MODEL
+    # Left out of /openapi.json, as the /v2 routes are: the wire format is diffusers'
+    # (raw tensor bodies no schema can bound), documented in docs/diffusers.md.
     router = APIRouter(
         prefix=prefix,
         tags=["remote VAE"],
+        include_in_schema=False,
         dependencies=[Depends(model_path)] if per_model else [],
         responses=error_responses(404) if per_model else {},
     )
