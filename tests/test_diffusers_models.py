@@ -124,8 +124,9 @@ def test_each_family_refuses_the_other_routes(client: TestClient) -> None:
     z = torch.zeros((1, 4, 2, 2))
     ours = post(client, "/models/ours/remote-decode", z, output_type="pt")
     assert ours.status_code == 422 and "diffusers models only" in ours.text
-    theirs = client.post("/models/sd/decode", json={"z": [[0.0] * 4]})
-    assert theirs.status_code == 422 and "remote-decode" in theirs.text
+    theirs = client.post("/models/sd/decode", json={"z": [[0.0] * 4]})  # N×D: ours
+    assert theirs.status_code == 422 and "N x C x h x w" in theirs.text
+    assert client.get("/models/sd/sample").status_code == 422
     assert client.get("/v2/models/sd-decoder").status_code == 422
 
 

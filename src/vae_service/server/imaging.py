@@ -74,16 +74,16 @@ def decode_image(
     return _channels_first(pixels, channels)
 
 
-def decode_image_as_is(blob: bytes, channels: int, max_pixels: int) -> np.ndarray:
+def decode_image_as_is(blob: bytes, channels: int, max_pixels: int, index: int = 0) -> np.ndarray:
     """One image file -> float32 array C x H x W in [0, 1] at its own size (diffusers'
     VAEs take any size); BadImage or Unprocessable if refused."""
     if not blob:
-        raise BadImage("images[0] is empty")
-    img = _open_checked(blob, max_pixels, 0)
+        raise BadImage(f"images[{index}] is empty")
+    img = _open_checked(blob, max_pixels, index)
     try:
         pixels = np.asarray(_to_model_mode(img, channels))
     except Exception as exc:  # as in decode_image
-        raise BadImage(f"images[0] could not be decoded: {exc}") from None
+        raise BadImage(f"images[{index}] could not be decoded: {exc}") from None
     return _channels_first(pixels, channels)
 
 

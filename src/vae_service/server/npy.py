@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -34,8 +35,9 @@ class NpyError(ValueError):
         self.status_code = status_code
 
 
-def parse_images(body: bytes, image_size: int, channels: int, max_images: int) -> Tensor:
-    """Images in ``body`` as a float32 N×C×H×W tensor in [0, 1]."""
+def parse_images(body: bytes, image_size: int | None, channels: int, max_images: int) -> Tensor:
+    """Images in ``body`` as a float32 N×C×H×W tensor in [0, 1]; of any size when
+    ``image_size`` is None (a diffusers model's, whose caller checks the size)."""
     stream = io.BytesIO(body)
     shape, fortran_order, dtype = _read_header(stream)
     first = _channels_first(shape)
@@ -52,6 +54,22 @@ def parse_images(body: bytes, image_size: int, channels: int, max_images: int) -
     if not first:
         pixels = pixels.permute(0, 3, 1, 2)
     return _convert_channels(pixels, channels).contiguous()
+
+
+def parse_array(body: bytes, check: Callable[[tuple[int, ...]], None]) -> Tensor:
+    """A little-endian float32 array in ``body`` (latents), once ``check`` has accepted
+    the shape its header declares."""
+    stream = io.BytesIO(body)
+    shape, fortran_order, dtype = _read_header(stream)
+    if dtype != np.dtype("<f4"):
+        raise NpyError(f"npy latents must be little-endian float32, got {dtype.str}")
+    check(shape)
+    data = memoryview(body)[stream.tell() :]
+    expected = math.prod(shape) * dtype.itemsize
+    if len(data) != expected:
+        raise NpyError(f"npy body holds {len(data)} data bytes; its header declares {expected}")
+    array = np.ndarray(shape, dtype, buffer=data, order="F" if fortran_order else "C")
+    return torch.from_numpy(np.ascontiguousarray(array).copy())
 
 
 def to_npy(array: Tensor | np.ndarray) -> bytes:
@@ -90,7 +108,7 @@ def _channels_last(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def _check_layout(
-    shape: tuple[int, ...], dtype: np.dtype, image_size: int, max_images: int
+    shape: tuple[int, ...], dtype: np.dtype, image_size: int | None, max_images: int
 ) -> None:
     if dtype not in _ACCEPTED:
         raise NpyError(f"npy dtype must be uint8 or little-endian float32, got {dtype.str}")
@@ -103,7 +121,7 @@ def _check_layout(
     if shape[0] > max_images:
         # 422 like every other count over its limit in this API.
         raise NpyError(f"npy array holds {shape[0]} images; the limit is {max_images}")
-    if shape[1:3] != (image_size, image_size):
+    if image_size is not None and shape[1:3] != (image_size, image_size):
         raise NpyError(
             f"npy images must be {image_size}×{image_size} (the model's size; arrays are "
             f"not resized), got {shape[1]}×{shape[2]}"

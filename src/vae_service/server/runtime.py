@@ -75,8 +75,9 @@ def draw_posterior(posterior: Posterior, seed: int) -> Tensor:
 
 
 def line_between(start: Tensor, end: Tensor, steps: int) -> Tensor:
-    """``steps`` evenly spaced points from ``start`` to ``end``, both included."""
-    t = torch.linspace(0.0, 1.0, steps).unsqueeze(1)
+    """``steps`` evenly spaced points from ``start`` to ``end``, both included (latents
+    of any shape: the points are stacked on a new first axis)."""
+    t = torch.linspace(0.0, 1.0, steps).view(-1, *([1] * start.ndim))
     return (1.0 - t) * start + t * end
 
 

@@ -29,6 +29,7 @@ from vae_service.server.errors import (
     RequestTimeout,
     Unprocessable,
 )
+from vae_service.server.latent_api import DiffusersApi, LatentApi, OwnApi
 from vae_service.server.model_entries import Version
 from vae_service.server.repository import ModelRepository
 from vae_service.server.runtime import ModelRuntime
@@ -90,14 +91,23 @@ class Served:
 
     @property
     def runtime(self) -> ModelRuntime:
-        """Our own VAE; 422 for a diffusers model, which the remote routes serve."""
+        """Our own VAE; 422 for a diffusers model, which /sample, the Open Inference
+        Protocol and /models/{name} do not serve."""
         runtime = self.version.runtime
         if isinstance(runtime, ModelRuntime):
             return runtime
         raise Unprocessable(
-            f"model {self.name!r} is a diffusers {runtime.config.family}: it serves "
-            f"/models/{self.name}/remote-decode and /remote-encode only"
+            f"model {self.name!r} is a diffusers {runtime.config.family}: this route serves "
+            "this service's own VAEs only"
         )
+
+    @property
+    def api(self) -> LatentApi:
+        """The model as /encode, /decode, /reconstruct and /interpolate see it, either kind."""
+        runtime = self.version.runtime
+        if isinstance(runtime, ModelRuntime):
+            return OwnApi(runtime)
+        return DiffusersApi(runtime)
 
     @property
     def diffusers(self) -> DiffusersRuntime:

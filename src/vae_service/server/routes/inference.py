@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 import torch
@@ -27,6 +27,7 @@ from vae_service.server.api_docs import (
 )
 from vae_service.server.errors import Unprocessable
 from vae_service.server.imaging import encode_base64_pngs, encode_grid_png
+from vae_service.server.latent_api import LatentApi, OwnApi
 from vae_service.server.npy import MEDIA_TYPE as NPY_MEDIA_TYPE
 from vae_service.server.npy import images_to_npy, to_npy
 from vae_service.server.query_models import (
@@ -38,16 +39,11 @@ from vae_service.server.query_models import (
 from vae_service.server.randomness import new_seed
 from vae_service.server.request_bodies import (
     IMAGE_MEDIA_TYPES,
-    from_base64,
-    images_tensor,
     media_type,
     multipart_blobs,
-    parse_json,
-    request_images,
-    require_json,
     unsupported,
 )
-from vae_service.server.runtime import ModelRuntime, draw_posterior
+from vae_service.server.runtime import ModelRuntime, Posterior, draw_posterior, line_between
 from vae_service.server.schemas import (
     DecodeRequest,
     DecodeResponse,
@@ -61,7 +57,7 @@ from vae_service.server.schemas import (
     SampleResponse,
 )
 from vae_service.server.serving import PER_MODEL, Served, ServedModel, leased, model_path
-from vae_service.server.validation import check_limit, latent_rows
+from vae_service.server.validation import check_limit
 
 JSON = "application/json"
 IMAGES_OR_ARRAY = "Images as multipart parts named 'images', JSON, or one .npy array"
@@ -99,7 +95,7 @@ def choose_prior(requested: PriorName | None, runtime: ModelRuntime) -> PriorNam
 async def reply_with_images(
     images: Tensor,
     fmt: ImageFormat,
-    build: Callable[[list[str]], BaseModel],
+    build: Callable[[list[str]], BaseModel | dict[str, Any]],
     headers: dict[str, str],
     columns: int | None = None,
 ) -> Response:
@@ -112,7 +108,11 @@ async def reply_with_images(
         png = await asyncio.to_thread(encode_grid_png, array, columns)
         return Response(png, media_type="image/png", headers=headers)
     pngs = await asyncio.to_thread(encode_base64_pngs, array)
-    return Response(build(pngs).model_dump_json(), media_type=JSON, headers=headers)
+    body = build(pngs)
+    if isinstance(body, dict):
+        data = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+        return Response(data, media_type=JSON, headers=headers)
+    return Response(body.model_dump_json(), media_type=JSON, headers=headers)
 
 
 async def encode(
@@ -121,21 +121,25 @@ async def encode(
     request: Request,
 ) -> Response:
     """Mean and log-variance of q(z|x) for each image, in order. Image files are converted
-    to the model's channels and resized to its image size; .npy arrays must have it."""
-    images = await request_images(request, model.runtime, model.settings)
-    posterior = await model.wait(model.runtime.encode(images))
-    rows, headers = {"mean": posterior.mean, "logvar": posterior.logvar}, model.headers
-    if query.sample:
+    to the model's channels and resized to its image size; .npy arrays must have it.
+    A diffusers model takes images at their own size (a multiple of its downsampling
+    factor), and answers latents C×h×w; AutoencoderTiny answers no logvar."""
+    api = model.api
+    if query.sample and not api.has_posterior:
+        raise Unprocessable(f"{api.family} has no posterior to sample from")
+    images = await api.images(request, model.settings)
+    mean, logvar = await model.wait(api.encode(images))
+    rows, headers = {"mean": mean}, model.headers
+    if logvar is not None:
+        rows["logvar"] = logvar
+    if query.sample and logvar is not None:
         chosen = choose_seed(query.seed)
-        rows["z"] = draw_posterior(posterior, chosen)
+        rows["z"] = draw_posterior(Posterior(mean, logvar), chosen)
         headers["X-Seed"] = str(chosen)
     if query.fmt is EncodeFormat.npy:
         return Response(to_npy(torch.stack(list(rows.values()), 1)), 200, headers, NPY_MEDIA_TYPE)
     # orjson writes the float32 arrays directly: no Python lists, no model validation.
-    body = {
-        "latent_dim": model.runtime.config.latent_dim,
-        **{k: v.numpy() for k, v in rows.items()},
-    }
+    body = {**api.latent_info(mean), **{k: v.numpy() for k, v in rows.items()}}
     if query.sample:
         body["seed"] = chosen
     return Response(orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY), 200, headers, JSON)
@@ -146,16 +150,11 @@ async def decode(
     query: Annotated[ImagesQuery, Query()],
     request: Request,
 ) -> Response:
-    """Images (the mean of p(x|z)) for each latent, in order."""
-    require_json(request)
-    body = await parse_json(request, DecodeRequest)
-    z = latent_rows(
-        body.z,
-        model.runtime.config.latent_dim,
-        model.settings.max_images_per_request,
-        model.settings.max_abs_latent,
-    )
-    images = await model.wait(model.runtime.decode(z))
+    """Images (the mean of p(x|z)) for each latent, in order. A diffusers model takes
+    latents N×C×h×w: JSON nested lists, or a float32 .npy array."""
+    api = model.api
+    z = await api.latents(request, model.settings)
+    images = await model.wait(api.decode(z))
     return await reply_with_images(
         images, query.fmt, lambda pngs: DecodeResponse(images=pngs), model.headers
     )
@@ -167,29 +166,36 @@ async def reconstruct(
     request: Request,
 ) -> Response:
     """Each image through the encoder's mean and back through the decoder."""
-    images = await request_images(request, model.runtime, model.settings)
-    recon = await model.wait(model.runtime.reconstruct(images))
+    api = model.api
+    images = await api.images(request, model.settings)
+    recon = await model.wait(reconstructed(api, images))
     return await reply_with_images(
         recon, query.fmt, lambda pngs: DecodeResponse(images=pngs), model.headers
     )
 
 
+async def reconstructed(api: LatentApi, images: Tensor) -> Tensor:
+    mean, _ = await api.encode(images)
+    return await api.decode(mean)
+
+
 async def interpolation_ends(request: Request, model: Served) -> Tensor:
     """The two latents to join: given, or the posterior means of two images."""
-    runtime, settings, kind = model.runtime, model.settings, media_type(request)
+    api, settings, kind = model.api, model.settings, media_type(request)
     if kind == "multipart/form-data":
         blobs = await multipart_blobs(request)
         if len(blobs) != 2:
             raise Unprocessable(f"interpolation takes exactly 2 images, got {len(blobs)}")
     elif kind == "application/json":
-        body = await parse_json(request, InterpolateRequest)
-        if body.z is not None:
-            return latent_rows(body.z, runtime.config.latent_dim, 2, settings.max_abs_latent)
-        blobs = from_base64(body.images or [])
+        pair = await api.pair(request, settings)
+        if isinstance(pair, Tensor):
+            return pair
+        blobs = pair
     else:
         raise unsupported(request, IMAGE_MEDIA_TYPES)
-    images = await images_tensor(blobs, runtime, settings)
-    return (await model.wait(runtime.encode(images))).mean
+    images = await api.blob_images(blobs, settings)
+    mean, _ = await model.wait(api.encode(images))
+    return mean
 
 
 async def interpolate(
@@ -203,11 +209,18 @@ async def interpolate(
     steps = query.steps
     check_limit(steps, model.settings.max_interpolation_steps, "steps", "max_interpolation_steps")
     ends = await interpolation_ends(request, model)
-    z, images = await model.wait(model.runtime.interpolate(ends[0], ends[1], steps))
+    z = line_between(ends[0], ends[1], steps)
+    images = await model.wait(model.api.decode(z))
+
+    def build(pngs: list[str]) -> BaseModel | dict[str, Any]:
+        if z.ndim == 2:
+            return InterpolateResponse(steps=steps, z=z.tolist(), images=pngs)
+        return {"steps": steps, "z": z.numpy(), "images": pngs}  # a diffusers model's
+
     return await reply_with_images(
         images,
         query.fmt,
-        lambda pngs: InterpolateResponse(steps=steps, z=z.tolist(), images=pngs),
+        build,
         model.headers,
         columns=steps,  # one row, first to last
     )
@@ -219,6 +232,11 @@ async def sample(model: ServedModel, query: Annotated[SampleQuery, Query()]) -> 
     gives the same PNGs byte for byte on the same device; with ?format=png|npy the seed is
     in X-Seed and the prior in X-Prior."""
     check_limit(query.n, model.settings.max_sample_n, "n", "max_sample_n")
+    if not isinstance(model.api, OwnApi):
+        raise Unprocessable(
+            f"/sample: model {model.name!r} is a diffusers {model.api.family}, which has no "
+            "prior to draw latents from; decode latents of your own with /decode"
+        )
     used, chosen = choose_prior(query.prior, model.runtime), choose_seed(query.seed)
     drawn = model.runtime.sample(query.n, query.temperature, chosen, used is PriorName.fitted)
     z, images = await model.wait(drawn)
