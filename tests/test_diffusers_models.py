@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import shutil
 import threading
@@ -23,6 +24,7 @@ from vae_service.model.pretrained import DEFAULT_WEIGHTS
 from vae_service.server.batch_jobs import Operation
 from vae_service.server.batcher import Batcher
 from vae_service.server.main import create_app
+from vae_service.server.schemas import ModelInfo
 
 NAMES = (*KL_CONFIGS, "tiny")
 
@@ -82,6 +84,32 @@ def test_models_lists_diffusers_folders_beside_ours(client: TestClient, shelf: A
         assert model["family"] == ("AutoencoderTiny" if name == "tiny" else "AutoencoderKL")
         assert model["latent_shape"] == [channels, -1, -1] and model["downsampling"] == factor
         assert model["dtype"] == "float32" and model["sha256"] == folder_sha(shelf[0] / name)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_model_info_describes_the_folder(client: TestClient, shelf: Any, name: str) -> None:
+    reply = client.get(f"/models/{name}")
+    assert reply.status_code == 200, reply.text
+    info, folder = reply.json(), shelf[0] / name
+    config = json.loads((folder / "config.json").read_text())
+    assert info["config"] == config and info["weights"] == name
+    assert info["sha256"] == folder_sha(folder) == reply.headers["x-model-sha256"]
+    assert info["family"] == config["_class_name"] and info["dtype"] == "float32"
+    assert info["device"] == "cpu" and info["backend"] == "torch"
+    space = shelf[1][name].config
+    assert info["latent_shape"] == [space.latent_channels, -1, -1]
+    assert info["image_shape"] == [3, -1, -1]
+    assert info["downsampling"] == {"flux": 2, "stats": 2}.get(name, 4)
+    assert info["scaling_factor"] == pytest.approx(space.get("scaling_factor") or 1.0)
+    assert info["shift_factor"] == pytest.approx(space.get("shift_factor") or 0.0)
+    expected_mean = list(space["latents_mean"]) if name == "stats" else None
+    assert info["latents_mean"] == expected_mean
+
+
+def test_model_info_of_ours_is_unchanged(client: TestClient) -> None:
+    info = client.get("/models/ours").json()
+    assert "family" not in info and info["latent_dim"] == 32 and info["format_version"] >= 0
+    assert set(info) == set(ModelInfo.model_fields)
 
 
 @pytest.mark.parametrize("name", NAMES)

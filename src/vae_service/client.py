@@ -15,21 +15,26 @@ A client bound to a model of the repository (``VAEClient(url, model="shoes")``, 
 to ``/models/shoes/...``; unbound, they go to the default model. Each answer says which
 model and which weights file answered (``.model``, ``.sha256``).
 
+On a diffusers model, ``remote_decode`` and ``remote_encode`` speak /remote-decode and
+/remote-encode (docs/diffusers.md): raw tensors both ways, NumPy arrays here.
+
 Each request is built once, in client_requests.py, and sent by either client.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar, overload
 
 import httpx
+import numpy as np
 
 from vae_service.client_requests import (
     Call,
     Decoded,
     Encoding,
     Endpoint,
+    ImageFile,
     Images,
     Latents,
     VAEError,
@@ -43,6 +48,8 @@ from vae_service.client_requests import (
     ready_call,
     reconstruct_call,
     reload_call,
+    remote_decode_call,
+    remote_encode_call,
     sample_call,
 )
 
@@ -153,6 +160,90 @@ class VAEClient(_Bound):
         """The decoded line between two image files or two latents."""
         return self.send(interpolate_call(start, end, steps))
 
+    @overload
+    def remote_decode(
+        self,
+        latents: np.ndarray,
+        *,
+        output_type: Literal["pt"] = "pt",
+        scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+        do_scaling: bool = False,
+        partial_postprocess: bool = False,
+        image_format: Literal["png", "jpg"] = "png",
+        height: int | None = None,
+        width: int | None = None,
+        tile: bool = False,
+    ) -> np.ndarray: ...
+
+    @overload
+    def remote_decode(
+        self,
+        latents: np.ndarray,
+        *,
+        output_type: Literal["pil"],
+        scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+        do_scaling: bool = False,
+        partial_postprocess: bool = False,
+        image_format: Literal["png", "jpg"] = "png",
+        height: int | None = None,
+        width: int | None = None,
+        tile: bool = False,
+    ) -> bytes: ...
+
+    def remote_decode(
+        self,
+        latents: np.ndarray,
+        *,
+        output_type: Literal["pt", "pil"] = "pt",
+        scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+        do_scaling: bool = False,
+        partial_postprocess: bool = False,
+        image_format: Literal["png", "jpg"] = "png",
+        height: int | None = None,
+        width: int | None = None,
+        tile: bool = False,
+    ) -> np.ndarray | bytes:
+        """A diffusers model's decode (/remote-decode, docs/diffusers.md): N×C×h×w latents
+        (or FLUX-packed, with ``height`` and ``width``), first ``/ scaling_factor +
+        shift_factor`` (``do_scaling``: the model's own factors). ``pt``: N×C×H×W floats in
+        [-1, 1] in the latents' dtype (``partial_postprocess``: uint8 N×H×W×C); ``pil``:
+        one image's PNG or JPEG bytes."""
+        return self.send(
+            remote_decode_call(
+                latents,
+                output_type,
+                scaling_factor,
+                shift_factor,
+                do_scaling,
+                partial_postprocess,
+                image_format,
+                height,
+                width,
+                tile,
+            )
+        )
+
+    def remote_encode(
+        self,
+        images: np.ndarray | ImageFile,
+        *,
+        scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+        do_scaling: bool = False,
+        sample: bool = False,
+        seed: int | None = None,
+        tile: bool = False,
+    ) -> np.ndarray:
+        """A diffusers model's encode (/remote-encode): N×C×H×W images in [-1, 1] (or an
+        image file) to latents, then ``(z - shift_factor) * scaling_factor``; the mode of
+        q(z|x), or with ``sample`` a draw seeded by ``seed``."""
+        return self.send(
+            remote_encode_call(images, scaling_factor, shift_factor, do_scaling, sample, seed, tile)
+        )
+
 
 class AsyncVAEClient(_Bound):
     """``VAEClient`` for asyncio: the same methods, awaited."""
@@ -224,3 +315,79 @@ class AsyncVAEClient(_Bound):
 
     async def interpolate(self, start: Endpoint, end: Endpoint, steps: int = 8) -> Decoded:
         return await self.send(interpolate_call(start, end, steps))
+
+    @overload
+    async def remote_decode(
+        self,
+        latents: np.ndarray,
+        *,
+        output_type: Literal["pt"] = "pt",
+        scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+        do_scaling: bool = False,
+        partial_postprocess: bool = False,
+        image_format: Literal["png", "jpg"] = "png",
+        height: int | None = None,
+        width: int | None = None,
+        tile: bool = False,
+    ) -> np.ndarray: ...
+
+    @overload
+    async def remote_decode(
+        self,
+        latents: np.ndarray,
+        *,
+        output_type: Literal["pil"],
+        scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+        do_scaling: bool = False,
+        partial_postprocess: bool = False,
+        image_format: Literal["png", "jpg"] = "png",
+        height: int | None = None,
+        width: int | None = None,
+        tile: bool = False,
+    ) -> bytes: ...
+
+    async def remote_decode(
+        self,
+        latents: np.ndarray,
+        *,
+        output_type: Literal["pt", "pil"] = "pt",
+        scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+        do_scaling: bool = False,
+        partial_postprocess: bool = False,
+        image_format: Literal["png", "jpg"] = "png",
+        height: int | None = None,
+        width: int | None = None,
+        tile: bool = False,
+    ) -> np.ndarray | bytes:
+        return await self.send(
+            remote_decode_call(
+                latents,
+                output_type,
+                scaling_factor,
+                shift_factor,
+                do_scaling,
+                partial_postprocess,
+                image_format,
+                height,
+                width,
+                tile,
+            )
+        )
+
+    async def remote_encode(
+        self,
+        images: np.ndarray | ImageFile,
+        *,
+        scaling_factor: float | None = None,
+        shift_factor: float | None = None,
+        do_scaling: bool = False,
+        sample: bool = False,
+        seed: int | None = None,
+        tile: bool = False,
+    ) -> np.ndarray:
+        return await self.send(
+            remote_encode_call(images, scaling_factor, shift_factor, do_scaling, sample, seed, tile)
+        )

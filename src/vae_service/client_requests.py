@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -258,3 +259,100 @@ def reload_call(model: str, admin_key: str | None) -> Call[dict[str, Any]]:
     the client's own Authorization header, if any, is sent)."""
     headers = {"authorization": f"Bearer {admin_key}"} if admin_key is not None else {}
     return Call("POST", model_path(model) + "/reload", _json, options={"headers": headers})
+
+
+# The remote VAE routes (docs/diffusers.md): a raw C-order tensor body, its shape as
+# repeated ``shape`` parameters and its ``dtype``; a tensor answer says its own in the
+# ``shape`` and ``dtype`` headers. numpy has no bfloat16: such answers come as float32.
+TENSOR = "tensor/binary"
+SENT_DTYPES = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}
+READ_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
+
+
+def _raw_tensor(array: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The query (shape, dtype) and body of a raw tensor: float16 goes as it is, any
+    other array as float32."""
+    array = np.asarray(array)
+    if array.dtype not in SENT_DTYPES:
+        array = array.astype(np.float32)
+    body = np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"), copy=False)
+    params = {"shape": list(array.shape), "dtype": SENT_DTYPES[array.dtype]}
+    return params, {"content": body.tobytes(), "headers": {"content-type": TENSOR}}
+
+
+def read_tensor(response: httpx.Response) -> np.ndarray:
+    """A raw tensor answer (its ``shape`` and ``dtype`` headers) as an array."""
+    shape = [int(d) for d in json.loads(response.headers["shape"])]
+    dtype = response.headers["dtype"]
+    if dtype == "bfloat16":  # the upper half of a float32
+        bits = np.frombuffer(response.content, "<u2").astype(np.uint32) << 16
+        return bits.view(np.float32).reshape(shape)
+    kind = np.dtype(READ_DTYPES[dtype]).newbyteorder("<")
+    return np.frombuffer(bytearray(response.content), kind).reshape(shape)
+
+
+def _content(response: httpx.Response) -> bytes:
+    return response.content
+
+
+def _scaling(
+    scaling_factor: float | None, shift_factor: float | None, do_scaling: bool
+) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if scaling_factor is not None:
+        params["scaling_factor"] = scaling_factor
+    if shift_factor is not None:
+        params["shift_factor"] = shift_factor
+    if do_scaling:
+        params["do_scaling"] = "true"
+    return params
+
+
+def remote_decode_call(
+    latents: np.ndarray,
+    output_type: str,
+    scaling_factor: float | None = None,
+    shift_factor: float | None = None,
+    do_scaling: bool = False,
+    partial_postprocess: bool = False,
+    image_format: str = "png",
+    height: int | None = None,
+    width: int | None = None,
+    tile: bool = False,
+) -> Call[Any]:
+    """Latents (N×C×h×w, or FLUX-packed N×patches×C·4 with ``height`` and ``width``) to
+    images: an array (``pt``) or one PNG/JPEG file's bytes (``pil``)."""
+    if output_type not in ("pt", "pil"):
+        raise ValueError(f"output_type is 'pt' or 'pil', not {output_type!r}")
+    params, body = _raw_tensor(latents)
+    params.update(_scaling(scaling_factor, shift_factor, do_scaling), output_type=output_type)
+    if output_type == "pil":
+        params["image_format"] = image_format
+    elif partial_postprocess:
+        params["partial_postprocess"] = "true"
+    params.update({k: v for k, v in (("height", height), ("width", width)) if v is not None})
+    if tile:
+        params["tile"] = "true"
+    parse = _content if output_type == "pil" else read_tensor
+    return Call("POST", "/remote-decode", parse, params, body, per_model=True)
+
+
+def remote_encode_call(
+    images: np.ndarray | ImageFile,
+    scaling_factor: float | None = None,
+    shift_factor: float | None = None,
+    do_scaling: bool = False,
+    sample: bool = False,
+    seed: int | None = None,
+    tile: bool = False,
+) -> Call[np.ndarray]:
+    """Images (an N×C×H×W array in [-1, 1], or an image file) to latents, in the array's
+    dtype (float32 for a file)."""
+    if isinstance(images, np.ndarray):
+        params, body = _raw_tensor(images)
+    else:
+        params, body = {}, {"content": _file_bytes(images)}
+    params.update(_scaling(scaling_factor, shift_factor, do_scaling), **_draw_params(sample, seed))
+    if tile:
+        params["tile"] = "true"
+    return Call("POST", "/remote-encode", read_tensor, params, body, per_model=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +93,7 @@ class DiffusersWeights:
     space: LatentSpace
     path: str
     sha256: str
+    config: dict[str, Any] = field(default_factory=dict)  # config.json, as read
 
     @property
     def dtype(self) -> torch.dtype:
@@ -163,7 +164,7 @@ def load_diffusers(
         raise DiffusersModelError(f"diffusers cannot load it: {exc}") from None
     _check_complete(info)
     space = latent_space(family, dict(model.config))
-    return DiffusersWeights(model.to(device).eval(), space, str(folder), sha256)
+    return DiffusersWeights(model.to(device).eval(), space, str(folder), sha256, config)
 
 
 def _check_complete(info: dict[str, Any]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -202,6 +202,26 @@ class ModelInfo(BaseModel):
     prior: FittedPriorInfo | None = Field(
         description="The fitted latent prior /sample uses by default; null if none"
     )
+
+
+class DiffusersModelInfo(BaseModel):
+    """What /model gives for a diffusers VAE served from a folder (docs/diffusers.md)."""
+
+    name: str = Field(description="The model's name in the repository", examples=["sdxl-vae"])
+    weights: str = Field(description="Name of the model's folder")
+    sha256: str = Field(description="SHA-256 of config.json followed by the weights")
+    device: str
+    backend: BackendName = Field(description="What runs the forward passes")
+    family: Literal["AutoencoderKL", "AutoencoderTiny"] = Field(description="The diffusers class")
+    config: dict[str, Any] = Field(description="The folder's config.json")
+    image_shape: list[int] = Field(description="C, H, W, with -1 for any size")
+    latent_shape: list[int] = Field(description="C, h, w of one image's latent, -1: any size")
+    downsampling: int = Field(description="Image pixels per latent position, per side")
+    dtype: str = Field(description="The dtype the model runs in", examples=["float32"])
+    scaling_factor: float = Field(description="The config's scaling_factor (1.0 if none)")
+    shift_factor: float = Field(description="The config's shift_factor (0.0 if none)")
+    latents_mean: list[float] | None = Field(description="Per channel, where the config has it")
+    latents_std: list[float] | None = Field(description="Per channel, where the config has it")
 
 
 class Status(BaseModel):

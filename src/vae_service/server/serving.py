@@ -91,8 +91,8 @@ class Served:
 
     @property
     def runtime(self) -> ModelRuntime:
-        """Our own VAE; 422 for a diffusers model, which /sample, the Open Inference
-        Protocol and /models/{name} do not serve."""
+        """Our own VAE; 422 for a diffusers model, which /sample and the Open Inference
+        Protocol do not serve."""
         runtime = self.version.runtime
         if isinstance(runtime, ModelRuntime):
             return runtime

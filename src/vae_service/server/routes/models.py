@@ -15,9 +15,9 @@ from vae_service.server.auth import bearer_token, digest, key_matches
 from vae_service.server.diffusers_runtime import DiffusersRuntime
 from vae_service.server.errors import Forbidden, Unprocessable
 from vae_service.server.model_entries import Entry
-from vae_service.server.routes.ops import describe
+from vae_service.server.routes.ops import AnyModelInfo, describe_any
 from vae_service.server.runtime import ModelRuntime
-from vae_service.server.schemas import ModelInfo, Status
+from vae_service.server.schemas import Status
 from vae_service.server.serving import ModelName, Repository, ServedModel
 from vae_service.server.settings import BackendName
 
@@ -112,11 +112,13 @@ async def list_models(repository: Repository) -> ModelList:
     )
 
 
-@router.get("/models/{model}", response_model=ModelInfo, responses=error_responses(401, 404, 503))
-async def model_info(model: ModelName, served: ServedModel, response: Response) -> ModelInfo:
+@router.get(
+    "/models/{model}", response_model=AnyModelInfo, responses=error_responses(401, 404, 503)
+)
+async def model_info(model: ModelName, served: ServedModel, response: Response) -> AnyModelInfo:
     """What /model gives, for this model."""
     response.headers.update(served.headers)
-    return describe(served.runtime, model)
+    return describe_any(served.version.runtime, model)
 
 
 @router.get(

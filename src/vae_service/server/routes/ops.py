@@ -8,8 +8,9 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from vae_service.server.api_docs import error_responses
+from vae_service.server.diffusers_runtime import DiffusersRuntime
 from vae_service.server.runtime import ModelRuntime
-from vae_service.server.schemas import FittedPriorInfo, ModelInfo, Status
+from vae_service.server.schemas import DiffusersModelInfo, FittedPriorInfo, ModelInfo, Status
 from vae_service.server.serving import Repository, ServedModel
 
 router = APIRouter(tags=["operations"])
@@ -28,11 +29,43 @@ async def readyz(repository: Repository) -> Status:
     return Status(status="ready")
 
 
-@router.get("/model", response_model=ModelInfo, responses=error_responses(503))
-async def model_info(model: ServedModel, response: Response) -> ModelInfo:
-    """The default model's weights: their metadata, where they run, and the file's SHA-256."""
+# /model and /models/{model}: our own VAE's description, or a diffusers folder's.
+AnyModelInfo = ModelInfo | DiffusersModelInfo
+
+
+@router.get("/model", response_model=AnyModelInfo, responses=error_responses(503))
+async def model_info(model: ServedModel, response: Response) -> AnyModelInfo:
+    """The default model's weights: their metadata, where they run, and the file's SHA-256
+    (for a diffusers model: its family, config.json, latent shape and scaling)."""
     response.headers.update(model.headers)
-    return describe(model.runtime, model.name)
+    return describe_any(model.version.runtime, model.name)
+
+
+def describe_any(runtime: ModelRuntime | DiffusersRuntime, name: str) -> AnyModelInfo:
+    if isinstance(runtime, DiffusersRuntime):
+        return describe_diffusers(runtime, name)
+    return describe(runtime, name)
+
+
+def describe_diffusers(runtime: DiffusersRuntime, name: str) -> DiffusersModelInfo:
+    space, weights = runtime.config, runtime.checkpoint
+    return DiffusersModelInfo(
+        name=name,
+        weights=Path(weights.path).name,
+        sha256=weights.sha256,
+        device=str(runtime.device),
+        backend="torch",
+        family=space.family,  # type: ignore[arg-type]  # one of diffusers_models.FAMILIES
+        config=weights.config,
+        image_shape=[space.image_channels, -1, -1],
+        latent_shape=[space.latent_channels, -1, -1],
+        downsampling=space.factor,
+        dtype=str(runtime.dtype).removeprefix("torch."),
+        scaling_factor=space.scaling_factor,
+        shift_factor=space.shift_factor,
+        latents_mean=None if space.latents_mean is None else list(space.latents_mean),
+        latents_std=None if space.latents_std is None else list(space.latents_std),
+    )
 
 
 def describe(runtime: ModelRuntime, name: str) -> ModelInfo:
