@@ -78,7 +78,7 @@ write_summary() {  # write_summary [WHY]: gpu-check.md from what has run so far
     if [ ${#ROWS[@]} -gt 0 ]; then printf '%s\n' "${ROWS[@]}"; fi
     echo
     echo "Total: ${SECONDS} s. Everything printed: gpu-check.log."
-    grep -E '^=* *[0-9]+ (passed|failed|skipped|errors?|deselected)[ ,].* in [0-9.]+s' "$LOG" 2>/dev/null \
+    grep -E '^=* *[0-9]+ (passed|failed|skipped|errors?|deselected)[ ,](.* )?in [0-9.]+s' "$LOG" 2>/dev/null \
       | sed 's/^=* */- pytest: /; s/ *=*$//' || true
     local report
     for report in $(cd "$OUTDIR" && ls -rt bench-*.md 2>/dev/null); do  # in the order run

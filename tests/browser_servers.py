@@ -6,6 +6,7 @@ body size) that the tests provoke errors against.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -79,17 +80,16 @@ def launch(log: Path, flags: list[str], env: dict[str, str] | None = None) -> Se
     return Server(f"http://127.0.0.1:{port}", process, log)
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+@contextlib.contextmanager
+def started(folder: Path) -> Iterator[dict[str, Server]]:
     """Three servers, started together: ``bundled`` (the default weights), ``keyed``
     (tiny weights, with VAE_API_KEYS) and ``repo`` (a grey and two colour models)."""
-    folder = tmp_path_factory.mktemp("playground")
     models = folder / "models"
     models.mkdir()
     grey = tiny_weights(models, "grey", channels=1, image_size=28, seed=0)
     tiny_weights(models, "colour", channels=3, image_size=32, seed=1)
     tiny_weights(models, "shapes", 3, 64, seed=2, architecture=SHAPES_ARCHITECTURE)
-    started = {
+    launched = {
         "bundled": launch(folder / "bundled.log", ["--weights", str(DEFAULT_WEIGHTS)]),
         "keyed": launch(folder / "keyed.log", ["--weights", str(grey)], {"VAE_API_KEYS": KEY}),
         "repo": launch(
@@ -97,11 +97,18 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
         ),
     }
     try:
-        for server in started.values():
+        for server in launched.values():
             server.wait_ready(timeout_s=120)
-        yield started
+        yield launched
     finally:
-        for server in started.values():
+        for server in launched.values():
             if server.process.poll() is None:
                 server.process.kill()
                 server.process.wait()
+
+
+@pytest.fixture(scope="module")
+def servers(playground_servers: dict[str, Server]) -> dict[str, Server]:
+    """The three servers, started once for both browser modules (``playground_servers``,
+    tests/conftest.py): the tests change nothing on them."""
+    return playground_servers

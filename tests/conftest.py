@@ -31,12 +31,24 @@ from vae_service.server.settings import Settings
 
 # Tests share two cores with everything else; one thread each keeps them predictable.
 torch.set_num_threads(1)
+# An app started in this process sets Pillow's decompression-bomb limit for the whole
+# process (VAE_MAX_PIXELS_PER_IMAGE; server/process.py): see pillow_limit_per_module.
+PILLOW_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
 TINY = VAEConfig(image_size=28, channels=1, latent_dim=4, widths=(4, 8), hidden_dim=16)
 # The onnx extra (onnxruntime to run, onnxscript to export): with it, VAE_BACKEND=auto
 # serves CPU models with onnxruntime; without it, with torch.
 HAS_ONNX = all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript"))
 AUTO_BACKEND = "onnxruntime" if HAS_ONNX else "torch"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def pillow_limit_per_module() -> None:
+    """Each test module starts with Pillow's own limit, not the one an app of an earlier
+    module left (tests/diffusers_vaes.py's 128 x 128 made Pillow refuse the traversal
+    grids and report figures that later modules write and read back). An app a module
+    starts sets its own limit as before: module-scoped fixtures run after this one."""
+    Image.MAX_IMAGE_PIXELS = PILLOW_MAX_PIXELS
 
 
 @pytest.fixture
@@ -209,33 +221,45 @@ class Server:
         )
 
 
+def launch_server(folder: Path, *flags: str, env: dict[str, str] | None = None) -> Server:
+    """``vae-serve`` with these flags on a free loopback port, its log in ``folder``
+    (``env``: its environment, else this process's), once it is ready."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = folder / f"server-{port}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "vae_service.server.cli",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    repo = Path(__file__).resolve().parents[1]
+    environment = {**(os.environ if env is None else env), "PYTHONPATH": str(repo)}
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [*command, *flags], env=environment, cwd=repo, stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+    try:
+        server.wait_ready()
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    return server
+
+
 @pytest.fixture
 def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     """``start_server(*flags)`` -> a ready Server (``vae-serve`` with those flags)."""
     servers: list[Server] = []
 
     def start(*flags: str) -> Server:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        log = tmp_path / f"server-{port}.log"
-        command = [
-            sys.executable,
-            "-m",
-            "vae_service.server.cli",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
-        repo = Path(__file__).resolve().parents[1]
-        env = {**os.environ, "PYTHONPATH": str(repo)}
-        with log.open("wb") as stderr:
-            process = subprocess.Popen(
-                [*command, *flags], env=env, cwd=repo, stdout=subprocess.DEVNULL, stderr=stderr
-            )
-        servers.append(Server(f"http://127.0.0.1:{port}", process, log))
-        servers[-1].wait_ready()
+        servers.append(launch_server(tmp_path, *flags))
         return servers[-1]
 
     yield start
@@ -260,3 +284,13 @@ def spread_model() -> VAE:
 @pytest.fixture
 def binary_images() -> torch.Tensor:
     return torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0)).round()
+
+
+@pytest.fixture(scope="session")
+def playground_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+    """The playground's browser tests' three ``vae-serve`` processes (tests/browser_servers.py),
+    started once for both browser modules rather than once for each."""
+    from tests.browser_servers import started  # it imports this module: not at the top
+
+    with started(tmp_path_factory.mktemp("playground")) as servers:
+        yield servers

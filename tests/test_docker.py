@@ -3,7 +3,9 @@
 Where Docker cannot be had, every test here is skipped with a reason that says so;
 CI runs ../shared/tools/docker-offline first, which makes Docker available offline.
 One compose project (unique name, free host ports) is shared by the tests in file
-order and is always taken down with its volumes, also when a test fails.
+order and is always taken down with its volumes, also when a test fails. It runs
+docker-compose.yml as it is but for the health checks' interval (tests/docker-compose.test.yml:
+every second, so that `up --wait` returns once the service is ready).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+COMPOSE_FILES = ("-f", "docker-compose.yml", "-f", "tests/docker-compose.test.yml")
 IMAGE = "vae-service:test"
 TRAIN_IMAGE = "vae-service:test-train"  # compose's `train`: the same Dockerfile, EXTRAS=train,onnx
 BASE_IMAGE = "python:3.11-slim"  # the Dockerfile's FROM
@@ -92,7 +95,7 @@ class Stack:
 
     def compose(self, *args: str, timeout: float = 600, **env: str) -> str:
         """Run `docker compose` for this project; a failure shows its output."""
-        cmd = ["docker", "compose", "-p", self.project, *args]
+        cmd = ["docker", "compose", "-p", self.project, *COMPOSE_FILES, *args]
         done = subprocess.run(
             cmd,
             cwd=ROOT,
@@ -216,33 +219,41 @@ def test_root_filesystem_is_read_only_except_tmp(stack: Stack) -> None:
         stack.compose("exec", "-T", "api", "touch", "/opt/venv/scratch")
 
 
-def test_api_keys_from_an_env_file_protect_the_api(stack: Stack, tmp_path: Path) -> None:
-    """A setting written into an .env file reaches the container (docker-compose.yml
-    passes every VAE_* variable); then back to the open API for the tests after."""
-    keys = "VAE_API_KEYS=env-file-key-1,env-file-key-2"
-    with stack.env_file(tmp_path, keys), stack.client() as http:
-        assert http.get("/model").status_code == 401
-        keyed = http.get("/model", headers={"Authorization": "Bearer env-file-key-2"})
-        assert keyed.status_code == 200, keyed.text
-        assert http.get("/readyz").status_code == 200  # probes need no key
-    with stack.client() as http:
-        assert http.get("/model").status_code == 200
-
-
-def test_the_image_serves_with_onnx_runtime(stack: Stack, tmp_path: Path) -> None:
+def test_the_image_serves_with_onnx_runtime(stack: Stack) -> None:
     """The image carries the onnx extra, so VAE_BACKEND=auto (the default) exports the
     bundled weights at start-up (into /tmp, the one writable place) and serves them with
-    ONNX Runtime; VAE_BACKEND=torch, written into an .env file, turns that off."""
+    ONNX Runtime (VAE_BACKEND=torch from an .env file: the next test)."""
     with stack.client() as http:
         assert http.get("/model").json()["backend"] == "onnxruntime"
-        files = [("images", ("0.png", png_bytes(90), "image/png"))]
-        encoded = http.post("/encode", files=files)
+        encoded = http.post("/encode", files=[("images", ("0.png", png_bytes(90), "image/png"))])
         assert encoded.status_code == 200, encoded.text
         assert len(encoded.json()["mean"][0]) == 32
-    with stack.env_file(tmp_path, "VAE_BACKEND=torch"), stack.client() as http:
-        assert http.get("/model").json()["backend"] == "torch"
-        by_torch = http.post("/encode", files=files).json()["mean"]
-        assert by_torch[0] == pytest.approx(encoded.json()["mean"][0], abs=1e-4)
+
+
+def test_settings_from_an_env_file_reach_the_container(stack: Stack, tmp_path: Path) -> None:
+    """Settings written into an .env file reach the container (docker-compose.yml passes
+    every VAE_* variable): API keys protect the API, and VAE_BACKEND=torch turns ONNX
+    Runtime off, with the same latents; then back to the open API on ONNX Runtime for the
+    tests after. One recreation of `api` for both settings."""
+    files = [("images", ("0.png", png_bytes(90), "image/png"))]
+    with stack.client() as http:
+        by_onnx = http.post("/encode", files=files)
+        assert by_onnx.status_code == 200, by_onnx.text
+    keys = "VAE_API_KEYS=env-file-key-1,env-file-key-2"
+    with stack.env_file(tmp_path, keys, "VAE_BACKEND=torch"), stack.client() as http:
+        assert http.get("/model").status_code == 401
+        key = {"Authorization": "Bearer env-file-key-2"}
+        keyed = http.get("/model", headers=key)
+        assert keyed.status_code == 200, keyed.text
+        assert http.get("/readyz").status_code == 200  # probes need no key
+        assert keyed.json()["backend"] == "torch"
+        by_torch = http.post("/encode", files=files, headers=key)
+        assert by_torch.status_code == 200, by_torch.text
+        assert by_torch.json()["mean"][0] == pytest.approx(by_onnx.json()["mean"][0], abs=1e-4)
+    with stack.client() as http:
+        served = http.get("/model")
+        assert served.status_code == 200
+        assert served.json()["backend"] == "onnxruntime"
 
 
 def test_api_serves_weights_trained_in_the_train_container(stack: Stack) -> None:

@@ -1,11 +1,13 @@
 """The training Job's own script (deploy/k8s/jobs/train.yaml), run here as its two pods
 would run it: two shells with JOB_COMPLETION_INDEX 0 and 1, one torchrun each on the CPU,
 meeting at a local master instead of vae-train-0.vae-train. It checks the torchrun flags,
-the rendezvous of the two "nodes", and the publishing step: the weights land in the
-model repository under the model's name by one rename, and nothing else lands there."""
+the rendezvous of the two "nodes", DDP itself (the two ranks of vae-train end with
+bit-identical weights: the suite's one DDP run), and the publishing step: the weights land
+in the model repository under the model's name by one rename, and nothing else lands there."""
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -75,3 +77,4 @@ def test_the_job_script_trains_on_two_nodes_and_publishes_the_weights(tmp_path: 
     assert (repository / ".train" / "tiny" / "tiny.ckpt.safetensors").is_file()
     training = load_weights(repository / "tiny.safetensors").metadata["training"]
     assert training["world_size"] == 2 and training["replicas_identical"] is True
+    assert math.isfinite(training["final_test"]["neg_elbo"])

@@ -5,11 +5,14 @@ the error a missing onnxruntime gives)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import json
 import os
+import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,20 +82,41 @@ def apps(served_settings: Settings, onnx_cache: Path) -> Iterator[dict[str, Test
 # --- vae-export ------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Exported:
+    """What one run of vae-export wrote (an ONNX folder and a Triton repository) and printed."""
+
+    weights: Path
+    onnx: Path
+    triton: Path
+    printed: str
+
+
+@pytest.fixture(scope="module")
+def exported(served_weights: Path, tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """vae-export of the tiny weights, run once for the tests that read what it wrote
+    (none of them changes it): an export takes about 2 s."""
+    if not HAS_ONNX:
+        pytest.skip("the onnx extra is not installed")
+    folder = tmp_path_factory.mktemp("exported")
+    out, triton = folder / "onnx", folder / "triton"
+    argv = [str(served_weights), "--onnx", str(out), "--triton", str(triton), "--name", "tiny"]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([*argv, "--max-batch-size", "16"]) == 0
+    return Exported(served_weights, out, triton, printed.getvalue())
+
+
 @needs_onnx
-def test_vae_export_writes_checked_models_and_a_triton_repository(
-    tiny_weights: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    out, triton = tmp_path / "onnx", tmp_path / "triton"
-    argv = [str(tiny_weights), "--onnx", str(out), "--triton", str(triton), "--name", "tiny"]
-    assert main([*argv, "--max-batch-size", "16"]) == 0
-    sha = load_weights(tiny_weights).sha256
+def test_vae_export_writes_checked_models_and_a_triton_repository(exported: Exported) -> None:
+    out, triton = exported.onnx, exported.triton
+    sha = load_weights(exported.weights).sha256
     folder = out / sha
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["weights_sha256"] == sha
     assert manifest["tolerance"] == TOLERANCE
     assert all(0 <= diff <= TOLERANCE for diff in manifest["max_abs_diff"].values())
-    assert f"tolerance {TOLERANCE}" in capsys.readouterr().out
+    assert f"tolerance {TOLERANCE}" in exported.printed
     # Dynamic batch: sizes the export never saw.
     encoder, decoder = session(folder / ENCODER_FILE), session(folder / DECODER_FILE)
     for n in (1, 7, 130):
@@ -116,11 +140,9 @@ def test_vae_export_writes_checked_models_and_a_triton_repository(
 
 
 @needs_onnx
-def test_exported_models_agree_with_torch_within_the_tolerance(
-    tiny_weights: Path, onnx_cache: Path
-) -> None:
-    checkpoint = load_weights(tiny_weights)
-    export = cached_export(checkpoint, onnx_cache)
+def test_exported_models_agree_with_torch_within_the_tolerance(exported: Exported) -> None:
+    checkpoint = load_weights(exported.weights)
+    export = cached_export(checkpoint, exported.onnx)  # vae-export's, read back
     diff = check_export(checkpoint, export.folder, (*CHECK_BATCHES, 256), seed=5)
     assert set(diff) == {"mean", "logvar", "images"}
     assert max(diff.values()) <= TOLERANCE
@@ -157,8 +179,10 @@ def test_the_cache_is_keyed_by_sha256_and_reused(
 
 
 @needs_onnx
-def test_a_changed_cache_entry_is_exported_again(tiny_weights: Path, tmp_path: Path) -> None:
-    checkpoint = load_weights(tiny_weights)
+def test_a_changed_cache_entry_is_exported_again(exported: Exported, tmp_path: Path) -> None:
+    checkpoint = load_weights(exported.weights)
+    # A cache of its own, to break: a copy of vae-export's entry (an export saved).
+    shutil.copytree(exported.onnx / checkpoint.sha256, tmp_path / checkpoint.sha256)
     export = cached_export(checkpoint, tmp_path)
     export.decoder.write_bytes(export.decoder.read_bytes()[:-10])
     with pytest.raises(ExportError, match="changed since export"):
@@ -281,13 +305,11 @@ def test_the_routes_agree_across_backends(apps: dict[str, TestClient]) -> None:
 
 @needs_onnx
 def test_the_service_serves_vae_exports_output_without_exporting(
-    tiny_weights: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    exported: Exported, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    out = tmp_path / "exported"
-    assert main([str(tiny_weights), "--onnx", str(out)]) == 0
     monkeypatch.setattr(export_module, "export_onnx", _no_export)
-    settings = settings_for(tiny_weights).model_copy(
-        update={"backend": "onnxruntime", "onnx_cache_dir": out}
+    settings = settings_for(exported.weights).model_copy(
+        update={"backend": "onnxruntime", "onnx_cache_dir": exported.onnx}
     )
     with TestClient(create_app(settings)) as client:
         assert client.get("/model").json()["backend"] == "onnxruntime"

@@ -1,10 +1,9 @@
-"""The training CLI end to end on tiny subsets of Fashion-MNIST, on CPU."""
+"""The training CLI end to end on tiny subsets of Fashion-MNIST, on CPU. DDP (two CPU
+ranks through torchrun, ending with bit-identical weights) is tested once, as the
+Kubernetes training Job runs it: tests/test_k8s_train.py."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -189,31 +188,3 @@ def test_image_size_not_divisible_is_refused(
     Image.new("L", (40, 40), 128).save(folder / "a.png")
     assert main(["--data", str(folder), "--image-size", "30", "--out", str(tmp_path / "w.st")]) == 2
     assert "not divisible" in capsys.readouterr().err
-
-
-@needs_data
-@pytest.mark.slow
-def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path: Path) -> None:
-    out = tmp_path / "ddp.safetensors"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "vae_service.training.train",
-        *TINY_ARGS,
-        "--epochs",
-        "1",
-        "--out",
-        str(out),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    training = load_weights(out).metadata["training"]
-    assert training["world_size"] == 2
-    assert training["replicas_identical"] is True
-    assert torch.isfinite(torch.tensor(training["final_test"]["neg_elbo"]))
