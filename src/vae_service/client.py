@@ -24,7 +24,7 @@ Each request is built once, in client_requests.py, and sent by either client.
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal, Self, TypeVar, overload
+from typing import Any, Literal, Self, TypeVar, Unpack
 
 import httpx
 import numpy as np
@@ -32,6 +32,8 @@ import numpy as np
 from vae_service.client_requests import (
     Call,
     Decoded,
+    DecodeOptions,
+    EncodeOptions,
     Encoding,
     Endpoint,
     ImageFile,
@@ -160,89 +162,26 @@ class VAEClient(_Bound):
         """The decoded line between two image files or two latents."""
         return self.send(interpolate_call(start, end, steps))
 
-    @overload
     def remote_decode(
         self,
         latents: np.ndarray,
-        *,
-        output_type: Literal["pt"] = "pt",
-        scaling_factor: float | None = None,
-        shift_factor: float | None = None,
-        do_scaling: bool = False,
-        partial_postprocess: bool = False,
-        image_format: Literal["png", "jpg"] = "png",
-        height: int | None = None,
-        width: int | None = None,
-        tile: bool = False,
-    ) -> np.ndarray: ...
-
-    @overload
-    def remote_decode(
-        self,
-        latents: np.ndarray,
-        *,
-        output_type: Literal["pil"],
-        scaling_factor: float | None = None,
-        shift_factor: float | None = None,
-        do_scaling: bool = False,
-        partial_postprocess: bool = False,
-        image_format: Literal["png", "jpg"] = "png",
-        height: int | None = None,
-        width: int | None = None,
-        tile: bool = False,
-    ) -> bytes: ...
-
-    def remote_decode(
-        self,
-        latents: np.ndarray,
-        *,
         output_type: Literal["pt", "pil"] = "pt",
-        scaling_factor: float | None = None,
-        shift_factor: float | None = None,
-        do_scaling: bool = False,
-        partial_postprocess: bool = False,
-        image_format: Literal["png", "jpg"] = "png",
-        height: int | None = None,
-        width: int | None = None,
-        tile: bool = False,
-    ) -> np.ndarray | bytes:
+        **options: Unpack[DecodeOptions],
+    ) -> Any:
         """A diffusers model's decode (/remote-decode, docs/diffusers.md): N×C×h×w latents
         (or FLUX-packed, with ``height`` and ``width``), first ``/ scaling_factor +
-        shift_factor`` (``do_scaling``: the model's own factors). ``pt``: N×C×H×W floats in
-        [-1, 1] in the latents' dtype (``partial_postprocess``: uint8 N×H×W×C); ``pil``:
-        one image's PNG or JPEG bytes."""
-        return self.send(
-            remote_decode_call(
-                latents,
-                output_type,
-                scaling_factor,
-                shift_factor,
-                do_scaling,
-                partial_postprocess,
-                image_format,
-                height,
-                width,
-                tile,
-            )
-        )
+        shift_factor`` (``do_scaling``: the model's own factors). ``pt``: an N×C×H×W array
+        in [-1, 1] in the latents' dtype (``partial_postprocess``: uint8 N×H×W×C);
+        ``pil``: one image's PNG or JPEG bytes."""
+        return self.send(remote_decode_call(latents, output_type, **options))
 
     def remote_encode(
-        self,
-        images: np.ndarray | ImageFile,
-        *,
-        scaling_factor: float | None = None,
-        shift_factor: float | None = None,
-        do_scaling: bool = False,
-        sample: bool = False,
-        seed: int | None = None,
-        tile: bool = False,
+        self, images: np.ndarray | ImageFile, **options: Unpack[EncodeOptions]
     ) -> np.ndarray:
         """A diffusers model's encode (/remote-encode): N×C×H×W images in [-1, 1] (or an
         image file) to latents, then ``(z - shift_factor) * scaling_factor``; the mode of
         q(z|x), or with ``sample`` a draw seeded by ``seed``."""
-        return self.send(
-            remote_encode_call(images, scaling_factor, shift_factor, do_scaling, sample, seed, tile)
-        )
+        return self.send(remote_encode_call(images, **options))
 
 
 class AsyncVAEClient(_Bound):
@@ -316,78 +255,15 @@ class AsyncVAEClient(_Bound):
     async def interpolate(self, start: Endpoint, end: Endpoint, steps: int = 8) -> Decoded:
         return await self.send(interpolate_call(start, end, steps))
 
-    @overload
     async def remote_decode(
         self,
         latents: np.ndarray,
-        *,
-        output_type: Literal["pt"] = "pt",
-        scaling_factor: float | None = None,
-        shift_factor: float | None = None,
-        do_scaling: bool = False,
-        partial_postprocess: bool = False,
-        image_format: Literal["png", "jpg"] = "png",
-        height: int | None = None,
-        width: int | None = None,
-        tile: bool = False,
-    ) -> np.ndarray: ...
-
-    @overload
-    async def remote_decode(
-        self,
-        latents: np.ndarray,
-        *,
-        output_type: Literal["pil"],
-        scaling_factor: float | None = None,
-        shift_factor: float | None = None,
-        do_scaling: bool = False,
-        partial_postprocess: bool = False,
-        image_format: Literal["png", "jpg"] = "png",
-        height: int | None = None,
-        width: int | None = None,
-        tile: bool = False,
-    ) -> bytes: ...
-
-    async def remote_decode(
-        self,
-        latents: np.ndarray,
-        *,
         output_type: Literal["pt", "pil"] = "pt",
-        scaling_factor: float | None = None,
-        shift_factor: float | None = None,
-        do_scaling: bool = False,
-        partial_postprocess: bool = False,
-        image_format: Literal["png", "jpg"] = "png",
-        height: int | None = None,
-        width: int | None = None,
-        tile: bool = False,
-    ) -> np.ndarray | bytes:
-        return await self.send(
-            remote_decode_call(
-                latents,
-                output_type,
-                scaling_factor,
-                shift_factor,
-                do_scaling,
-                partial_postprocess,
-                image_format,
-                height,
-                width,
-                tile,
-            )
-        )
+        **options: Unpack[DecodeOptions],
+    ) -> Any:
+        return await self.send(remote_decode_call(latents, output_type, **options))
 
     async def remote_encode(
-        self,
-        images: np.ndarray | ImageFile,
-        *,
-        scaling_factor: float | None = None,
-        shift_factor: float | None = None,
-        do_scaling: bool = False,
-        sample: bool = False,
-        seed: int | None = None,
-        tile: bool = False,
+        self, images: np.ndarray | ImageFile, **options: Unpack[EncodeOptions]
     ) -> np.ndarray:
-        return await self.send(
-            remote_encode_call(images, scaling_factor, shift_factor, do_scaling, sample, seed, tile)
-        )
+        return await self.send(remote_encode_call(images, **options))

@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypedDict, TypeVar
+from typing import Any, Generic, Literal, TypedDict, TypeVar, Unpack
 from urllib.parse import quote
 
 import httpx
@@ -295,56 +295,63 @@ def _content(response: httpx.Response) -> bytes:
     return response.content
 
 
-def _scaling(
-    scaling_factor: float | None, shift_factor: float | None, do_scaling: bool
-) -> dict[str, Any]:
+def _scaling(options: DecodeOptions | EncodeOptions) -> dict[str, Any]:
     params: dict[str, Any] = {}
-    if scaling_factor is not None:
-        params["scaling_factor"] = scaling_factor
-    if shift_factor is not None:
-        params["shift_factor"] = shift_factor
-    if do_scaling:
+    for name in ("scaling_factor", "shift_factor"):
+        if options.get(name) is not None:
+            params[name] = options.get(name)
+    if options.get("do_scaling"):
         params["do_scaling"] = "true"
     return params
 
 
+class DecodeOptions(TypedDict, total=False):
+    """remote_decode's options, as diffusers' remote_decode names them (docs/diffusers.md)."""
+
+    scaling_factor: float | None
+    shift_factor: float | None
+    do_scaling: bool
+    partial_postprocess: bool
+    image_format: Literal["png", "jpg"]
+    height: int | None
+    width: int | None
+    tile: bool
+
+
+class EncodeOptions(TypedDict, total=False):
+    """remote_encode's options."""
+
+    scaling_factor: float | None
+    shift_factor: float | None
+    do_scaling: bool
+    sample: bool
+    seed: int | None
+    tile: bool
+
+
 def remote_decode_call(
-    latents: np.ndarray,
-    output_type: str,
-    scaling_factor: float | None = None,
-    shift_factor: float | None = None,
-    do_scaling: bool = False,
-    partial_postprocess: bool = False,
-    image_format: str = "png",
-    height: int | None = None,
-    width: int | None = None,
-    tile: bool = False,
+    latents: np.ndarray, output_type: str = "pt", **options: Unpack[DecodeOptions]
 ) -> Call[Any]:
     """Latents (N×C×h×w, or FLUX-packed N×patches×C·4 with ``height`` and ``width``) to
     images: an array (``pt``) or one PNG/JPEG file's bytes (``pil``)."""
     if output_type not in ("pt", "pil"):
         raise ValueError(f"output_type is 'pt' or 'pil', not {output_type!r}")
     params, body = _raw_tensor(latents)
-    params.update(_scaling(scaling_factor, shift_factor, do_scaling), output_type=output_type)
+    params.update(_scaling(options), output_type=output_type)
     if output_type == "pil":
-        params["image_format"] = image_format
-    elif partial_postprocess:
+        params["image_format"] = options.get("image_format", "png")
+    elif options.get("partial_postprocess"):
         params["partial_postprocess"] = "true"
-    params.update({k: v for k, v in (("height", height), ("width", width)) if v is not None})
-    if tile:
+    size = {"height": options.get("height"), "width": options.get("width")}
+    params.update({k: v for k, v in size.items() if v is not None})
+    if options.get("tile"):
         params["tile"] = "true"
     parse = _content if output_type == "pil" else read_tensor
     return Call("POST", "/remote-decode", parse, params, body, per_model=True)
 
 
 def remote_encode_call(
-    images: np.ndarray | ImageFile,
-    scaling_factor: float | None = None,
-    shift_factor: float | None = None,
-    do_scaling: bool = False,
-    sample: bool = False,
-    seed: int | None = None,
-    tile: bool = False,
+    images: np.ndarray | ImageFile, **options: Unpack[EncodeOptions]
 ) -> Call[np.ndarray]:
     """Images (an N×C×H×W array in [-1, 1], or an image file) to latents, in the array's
     dtype (float32 for a file)."""
@@ -352,7 +359,9 @@ def remote_encode_call(
         params, body = _raw_tensor(images)
     else:
         params, body = {}, {"content": _file_bytes(images)}
-    params.update(_scaling(scaling_factor, shift_factor, do_scaling), **_draw_params(sample, seed))
-    if tile:
+    params.update(
+        _scaling(options), **_draw_params(options.get("sample", False), options.get("seed"))
+    )
+    if options.get("tile"):
         params["tile"] = "true"
     return Call("POST", "/remote-encode", read_tensor, params, body, per_model=True)
