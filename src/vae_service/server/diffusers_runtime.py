@@ -24,7 +24,6 @@ from torch import Tensor
 
 from vae_service.model.device import resolve_device
 from vae_service.server.batch_jobs import Operation, Outputs
-from vae_service.server.batcher import Batcher
 from vae_service.server.diffusers_models import (
     DiffusersModelError,
     DiffusersWeights,
@@ -68,13 +67,7 @@ class DiffusersRuntime:
             "encode_tiled": self._operation(self._encode, 1, tile=True),
             "decode_tiled": self._operation(self._decode, factor**2, tile=True),
         }
-        self.batcher = Batcher(
-            operations,
-            batching.max_batch_size,
-            batching.max_delay_s,
-            batching.max_queue_images,
-            batching.max_queue_wait_s,
-        )
+        self.batcher = batching.batcher(operations)
 
     @property
     def config(self) -> LatentSpace:

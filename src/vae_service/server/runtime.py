@@ -133,6 +133,16 @@ class Batching:
     max_queue_wait_s: float = 0.0  # 0: no bound
     max_batch_pixels: int = 4 * 1024 * 1024  # diffusers models only
 
+    def batcher(self, operations: dict[str, Operation]) -> Batcher:
+        """One model's batcher, for our own runtimes and diffusers' alike."""
+        return Batcher(
+            operations,
+            self.max_batch_size,
+            self.max_delay_s,
+            self.max_queue_images,
+            self.max_queue_wait_s,
+        )
+
 
 class ModelRuntime:
     """A checkpoint on its device, served through one dynamic batcher."""
@@ -159,13 +169,7 @@ class ModelRuntime:
             "encode": Operation(self._encode_batch, cfg.image_shape),
             "decode": Operation(self._decode_batch, (cfg.latent_dim,)),
         }
-        self.batcher = Batcher(
-            operations,
-            batching.max_batch_size,
-            batching.max_delay_s,
-            batching.max_queue_images,
-            batching.max_queue_wait_s,
-        )
+        self.batcher = batching.batcher(operations)
 
     @property
     def config(self) -> VAEConfig:
