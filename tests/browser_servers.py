@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,14 +15,13 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import Server
+from tests.conftest import Server, spawn_server
 from vae_service.model import VAE, VAEConfig, save_weights
 from vae_service.model.pretrained import DEFAULT_WEIGHTS
 
 KEY = "browser-key-0123456789"
 MAX_SAMPLE_N = 64  # the servers' limit: n above it is the 422 the page must show
 MAX_BODY_BYTES = 256 * 1024  # and a larger upload the 413
-REPO = Path(__file__).resolve().parents[1]
 BUNDLED_SHA = "b5b9d9571b31"  # prefix of the bundled weights' SHA-256 (README)
 
 
@@ -54,30 +50,15 @@ def tiny_weights(
     return save_weights(folder / f"{name}.safetensors", VAE(config).eval(), meta)
 
 
-def launch(log: Path, flags: list[str], env: dict[str, str] | None = None) -> Server:
-    """``vae-serve`` on a free loopback port, not waited for yet."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "vae_service.server.cli",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+def launch(folder: Path, name: str, flags: list[str], env: dict[str, str] | None = None) -> Server:
+    """``vae-serve`` on a free loopback port, its log ``folder/name.log``; not waited for yet."""
     # small batches: start-up warms up eight batch sizes, not 64
-    command += ["--device", "cpu", "--max-batch-size", "8", "--max-sample-n", str(MAX_SAMPLE_N)]
-    command += ["--max-body-bytes", str(MAX_BODY_BYTES), *flags]
+    small = ["--device", "cpu", "--max-batch-size", "8", "--max-sample-n", str(MAX_SAMPLE_N)]
+    small += ["--max-body-bytes", str(MAX_BODY_BYTES)]
     unset = {"VAE_API_KEYS": "", "VAE_MODEL_DIR": "", "VAE_CORS_ORIGINS": ""}  # empty: unset
-    environment = {**os.environ, "PYTHONPATH": str(REPO), **unset, **(env or {})}
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            command, env=environment, cwd=REPO, stdout=subprocess.DEVNULL, stderr=stderr
-        )
-    return Server(f"http://127.0.0.1:{port}", process, log)
+    return spawn_server(
+        folder, [*small, *flags], {**os.environ, **unset, **(env or {})}, f"{name}.log"
+    )
 
 
 @contextlib.contextmanager
@@ -90,11 +71,9 @@ def started(folder: Path) -> Iterator[dict[str, Server]]:
     tiny_weights(models, "colour", channels=3, image_size=32, seed=1)
     tiny_weights(models, "shapes", 3, 64, seed=2, architecture=SHAPES_ARCHITECTURE)
     launched = {
-        "bundled": launch(folder / "bundled.log", ["--weights", str(DEFAULT_WEIGHTS)]),
-        "keyed": launch(folder / "keyed.log", ["--weights", str(grey)], {"VAE_API_KEYS": KEY}),
-        "repo": launch(
-            folder / "repo.log", ["--model-dir", str(models), "--default-model", "grey"]
-        ),
+        "bundled": launch(folder, "bundled", ["--weights", str(DEFAULT_WEIGHTS)]),
+        "keyed": launch(folder, "keyed", ["--weights", str(grey)], {"VAE_API_KEYS": KEY}),
+        "repo": launch(folder, "repo", ["--model-dir", str(models), "--default-model", "grey"]),
     }
     try:
         for server in launched.values():

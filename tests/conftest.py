@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,29 +221,31 @@ class Server:
         )
 
 
-def launch_server(folder: Path, *flags: str, env: dict[str, str] | None = None) -> Server:
-    """``vae-serve`` with these flags on a free loopback port, its log in ``folder``
-    (``env``: its environment, else this process's), once it is ready."""
+def spawn_server(
+    folder: Path, flags: Sequence[str], env: Mapping[str, str], log_name: str | None = None
+) -> Server:
+    """``vae-serve`` with these flags and this environment (PYTHONPATH: this checkout) on a
+    free loopback port, its log in ``folder``; not waited for yet."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    log = folder / f"server-{port}.log"
-    command = [
-        sys.executable,
-        "-m",
-        "vae_service.server.cli",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
+    log = folder / (log_name or f"server-{port}.log")
+    command = [sys.executable, "-m", "vae_service.server.cli", "--host", "127.0.0.1"]
+    command += ["--port", str(port), *flags]
     repo = Path(__file__).resolve().parents[1]
-    environment = {**(os.environ if env is None else env), "PYTHONPATH": str(repo)}
+    environment = {**env, "PYTHONPATH": str(repo)}
     with log.open("wb") as stderr:
         process = subprocess.Popen(
-            [*command, *flags], env=environment, cwd=repo, stdout=subprocess.DEVNULL, stderr=stderr
+            command, env=environment, cwd=repo, stdout=subprocess.DEVNULL, stderr=stderr
         )
-    server = Server(f"http://127.0.0.1:{port}", process, log)
+    return Server(f"http://127.0.0.1:{port}", process, log)
+
+
+def launch_server(folder: Path, *flags: str, env: dict[str, str] | None = None) -> Server:
+    """``vae-serve`` with these flags on a free loopback port, its log in ``folder``
+    (``env``: its environment, else this process's), once it is ready."""
+    server = spawn_server(folder, flags, os.environ if env is None else env)
+    process = server.process
     try:
         server.wait_ready()
     except BaseException:
