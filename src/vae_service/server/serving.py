@@ -60,12 +60,7 @@ async def get_repository(request: Request) -> ModelRepository:
     return repository_of(request)
 
 
-async def get_settings(request: Request) -> Settings:
-    return settings_of(request)
-
-
 Repository = Annotated[ModelRepository, Depends(get_repository)]
-AppSettings = Annotated[Settings, Depends(get_settings)]
 ModelName = Annotated[
     str,
     Path(
