@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import make_tiny_model, save_tiny_weights
 from tests.diffusers_vaes import raw, settings, write_models
 from vae_service.server.settings import Settings
 
@@ -26,8 +27,11 @@ Serve = Callable[[Settings], contextlib.AbstractContextManager[str]]
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The diffusers models, and one of this service's own VAEs as "ours"."""
     folder = tmp_path_factory.mktemp("remote-vaes")
-    return folder, write_models(folder)
+    ours = make_tiny_model()
+    save_tiny_weights(folder, ours).rename(folder / "ours.safetensors")
+    return folder, write_models(folder) | {"ours": ours}
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +160,8 @@ BAD_INPUTS: dict[str, tuple[str, bytes, dict[str, Any], int, str]] = {
     "wrong channels": (DECODE, ZEROS, {"shape": [1, 16, 2, 2]}, 422, "16 channels"),
     "zero dim": (DECODE, ZEROS, {"shape": [1, 4, 0, 4]}, 422, "greater than or equal to 1"),
     "negative dim": (DECODE, ZEROS, {"shape": [1, 4, -4, 4]}, 422, "greater than or equal to 1"),
-    "two dims": (DECODE, ZEROS, {"shape": [16, 16]}, 422, "at least 3"),
+    "one dim": (DECODE, ZEROS, {"shape": [64]}, 422, "at least 2"),
+    "two dims": (DECODE, ZEROS, {"shape": [1, 64]}, 422, "N x C x h x w"),
     "bytes short": (DECODE, ZEROS[:-4], {"shape": [1, 4, 4, 4]}, 422, "the body has 252"),
     "huge latent": (DECODE, ZEROS, {"shape": [1, 4, 100_000, 100_000]}, 422, "pixels per image"),
     "huge claim": (ENCODE, ZEROS, {"shape": [4, 3, 128, 128]}, 413, "VAE_MAX_BODY_BYTES"),
@@ -227,3 +232,60 @@ def test_client_sees_errors_and_server_keeps_serving(where: str) -> None:
         f"{where}/remote-decode", latents(4), output_type="pt", return_type="pt"
     )
     assert tuple(out.shape) == (1, 3, 16, 24)
+
+
+# ---------------------------------------------------------------- our own VAEs (N x D)
+
+OURS_DECODE, OURS_ENCODE = "/models/ours/remote-decode", "/models/ours/remote-encode"
+
+
+def test_ours_decode_pt_and_pil_equal_in_process(where: str, models: Any) -> None:
+    model = models[1]["ours"]
+    z = torch.randn((2, model.cfg.latent_dim), generator=torch.Generator().manual_seed(7))
+    out = remote.remote_decode(
+        f"{where}{OURS_DECODE}", z, scaling_factor=2.0, output_type="pt", return_type="pt"
+    )
+    with torch.no_grad():
+        expected = model.decode(z / 2.0) * 2 - 1  # our images are [0, 1]; the wire's [-1, 1]
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+    image = remote.remote_decode(f"{where}{OURS_DECODE}", z[:1], image_format="png")
+    size = model.cfg.image_size
+    assert image.size == (size, size)
+    grey = np.asarray(image)[..., 0]  # diffusers' client converts every image to RGB
+    assert np.abs(grey.astype(int) - as_uint8(expected[:1])[0, ..., 0]).max() <= 1
+
+
+def test_ours_encode_tensor_file_and_sample(where: str, models: Any) -> None:
+    model, size = models[1]["ours"], models[1]["ours"].cfg.image_size
+    x = torch.rand((2, 1, size, size), generator=torch.Generator().manual_seed(8))
+    z = remote.remote_encode(f"{where}{OURS_ENCODE}", x * 2 - 1)
+    with torch.no_grad():
+        mean, _ = model.encode(x)
+    torch.testing.assert_close(z, mean, atol=1e-4, rtol=0)
+    pixels = (x[0, 0] * 255).round().to(torch.uint8).numpy()
+    from_file = remote.remote_encode(f"{where}{OURS_ENCODE}", Image.fromarray(pixels))
+    assert tuple(from_file.shape) == (1, model.cfg.latent_dim)
+    params = {"shape": [2, 1, size, size], "sample": "true", "seed": 3}
+    draws = [post(where, OURS_ENCODE, raw(x * 2 - 1), **params) for _ in range(2)]
+    assert draws[0].status_code == 200 and draws[0].headers["X-Seed"] == "3"
+    assert draws[0].content == draws[1].content != raw(mean)
+
+
+OURS_BAD: dict[str, tuple[str, bytes, dict[str, Any], str]] = {
+    "4-D latents": (OURS_DECODE, ZEROS, {"shape": [1, 4, 4, 4]}, "are N x 4"),
+    "packed latents": (OURS_DECODE, ZEROS, {"shape": [1, 4, 16], "height": 8}, "are N x 4"),
+    "wrong latent dim": (OURS_DECODE, ZEROS, {"shape": [1, 64]}, "are N x 4"),
+    "tile": (OURS_DECODE, raw(torch.zeros(1, 4)), {"shape": [1, 4], "tile": "true"}, "cannot tile"),
+    "wrong image size": (
+        OURS_ENCODE,
+        raw(torch.zeros(1, 1, 8, 8)),
+        {"shape": [1, 1, 8, 8]},
+        "takes N x 1 x 28 x 28",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(OURS_BAD))
+def test_ours_bad_input_gets_a_clear_422(where: str, models: Any, case: str) -> None:
+    path, body, params, words = OURS_BAD[case]  # the tiny config: N x 4 latents, 28 x 28
+    refused(post(where, path, body, **params), 422, words)

@@ -48,9 +48,12 @@ class RemoteQuery(QueryModel):
 
 class RemoteDecodeQuery(RemoteQuery):
     shape: list[Dim] = Field(
-        min_length=3,
+        min_length=2,
         max_length=4,
-        description="N, C, h, w; or N, patches, C*4 for packed (FLUX) latents",
+        description=(
+            "N, C, h, w; or N, patches, C*4 for packed (FLUX) latents; or N, D for this "
+            "service's own VAEs"
+        ),
     )
     output_type: Literal["pil", "pt"] = Field(
         "pil", description="pil: one PNG or JPEG; pt: the raw image tensor"

@@ -108,12 +108,18 @@ class Scaling:
         return (z - self.shift) * self.scale
 
 
+def plain_scaling(query: RemoteQuery) -> Scaling | None:
+    """The client's own factors, if it gave any."""
+    if query.scaling_factor is None and query.shift_factor is None:
+        return None
+    return _scaling(query.scaling_factor or 1.0, query.shift_factor or 0.0)
+
+
 def scaling_of(query: RemoteQuery, space: LatentSpace) -> Scaling | None:
     """The client's factors; else, with do_scaling, the model's own; else none."""
-    if query.scaling_factor is not None or query.shift_factor is not None:
-        return _scaling(query.scaling_factor or 1.0, query.shift_factor or 0.0)
-    if not query.do_scaling:
-        return None
+    given = plain_scaling(query)
+    if given is not None or not query.do_scaling:
+        return given
     if space.latents_mean is not None and space.latents_std is not None:  # as SDXL pipelines
         std = torch.tensor(space.latents_std).view(1, -1, 1, 1)
         return Scaling(
@@ -129,6 +135,11 @@ def _scaling(scale: float, shift: float) -> Scaling:
 def latent_grid(query: RemoteDecodeQuery, space: LatentSpace) -> tuple[int, int]:
     """The latents' h x w: from the shape, or for packed latents from height and width,
     whose patches must then match the shape (FLUX packs 2 x 2 positions a patch)."""
+    if len(query.shape) == 2:
+        raise Unprocessable(
+            f"latents have shape {query.shape}; this model's are N x C x h x w, "
+            "or packed N x patches x C*4"
+        )
     if len(query.shape) == 4:
         _, channels, h, w = query.shape
         if channels != space.latent_channels:
@@ -155,28 +166,19 @@ def unpack(packed: Tensor, h: int, w: int) -> Tensor:
     return patches.permute(0, 3, 1, 4, 2, 5).reshape(n, packed_channels // 4, h, w)
 
 
-def check_decode(
-    query: RemoteDecodeQuery, space: LatentSpace, settings: Settings
-) -> tuple[int, int]:
-    """Everything about a decode request that can be refused before its body is read."""
+def check_decode(query: RemoteDecodeQuery, settings: Settings) -> None:
+    """What any model's decode request must meet before its body is read: the count."""
     n = query.shape[0]
     check_limit(n, settings.max_images_per_request, "latents per request", "max_images_per_request")
     if query.output_type == "pil" and n != 1:
         raise Unprocessable(f"output_type=pil answers one image, not {n}; use output_type=pt")
-    h, w = latent_grid(query, space)
-    check_limit(
-        h * w * space.factor**2,
-        settings.max_pixels_per_image,
-        "pixels per image",
-        "max_pixels_per_image",
-    )
-    return h, w
 
 
 def check_tiling(query: RemoteQuery, can_tile: bool, family: str) -> None:
     if query.tile and not can_tile:
         raise Unprocessable(
-            f"tile=true: diffusers' {family} tiling takes 4 latent and 3 image channels only"
+            f"tile=true: this {family} cannot tile (diffusers' tiling serves AutoencoderKL, "
+            "and AutoencoderTiny with 4 latent and 3 image channels)"
         )
 
 

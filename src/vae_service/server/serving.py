@@ -20,7 +20,6 @@ from typing import Annotated, Any, TypeVar
 from fastapi import Depends, Path, Request
 from starlette.exceptions import HTTPException
 
-from vae_service.server.diffusers_runtime import DiffusersRuntime
 from vae_service.server.errors import (
     HANDLED,
     ClientClosedRequest,
@@ -31,6 +30,7 @@ from vae_service.server.errors import (
 )
 from vae_service.server.latent_api import DiffusersApi, LatentApi, OwnApi
 from vae_service.server.model_entries import Version
+from vae_service.server.remote_models import DiffusersRemote, OwnRemote, RemoteModel
 from vae_service.server.repository import ModelRepository
 from vae_service.server.runtime import ModelRuntime
 from vae_service.server.schemas import live
@@ -105,15 +105,12 @@ class Served:
         return DiffusersApi(runtime)
 
     @property
-    def diffusers(self) -> DiffusersRuntime:
-        """A diffusers VAE; 422 for our own, which the remote routes do not serve yet."""
+    def remote(self) -> RemoteModel:
+        """The model as the remote VAE routes see it, either kind."""
         runtime = self.version.runtime
-        if isinstance(runtime, DiffusersRuntime):
-            return runtime
-        raise Unprocessable(
-            f"model {self.name!r} is one of this service's own VAEs: the remote VAE "
-            "routes serve diffusers models only (use /encode and /decode)"
-        )
+        if isinstance(runtime, ModelRuntime):
+            return OwnRemote(runtime)
+        return DiffusersRemote(runtime)
 
     @property
     def headers(self) -> dict[str, str]:

@@ -8,25 +8,20 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Query, Request, Response
 from torch import Tensor
 
 from vae_service.server.api_docs import error_responses
 from vae_service.server.errors import Unprocessable
-from vae_service.server.imaging import decode_image_as_is
 from vae_service.server.remote_query import RemoteDecodeQuery, RemoteEncodeQuery
 from vae_service.server.remote_vae import (
     DTYPES,
     check_decode,
-    check_images,
-    check_size,
     check_tiling,
     finite,
     image_file,
     read_tensor,
-    scaling_of,
     signed_images,
     tensor_reply,
     uint8_images,
@@ -45,14 +40,15 @@ async def remote_decode(
 ) -> Response:
     """Latents (a raw tensor) -> images: a PNG or JPEG (output_type=pil), or a raw tensor
     (pt): floats in [-1, 1] in the latents' dtype, or uint8 N×H×W×C (partial_postprocess)."""
-    runtime, settings = model.diffusers, model.settings
-    h, w = check_decode(query, runtime.config, settings)
-    check_tiling(query, runtime.can_tile, runtime.config.family)
+    remote, settings = model.remote, model.settings
+    check_decode(query, settings)
+    grid = remote.packed_grid(query, settings)
+    check_tiling(query, remote.can_tile, remote.family)
     z = read_tensor(await request.body(), query.shape, query.dtype, settings.max_body_bytes)
-    z = checked_latents(unpack(z, h, w) if z.ndim == 3 else z, settings.max_abs_latent)
-    scaling = scaling_of(query, runtime.config)
+    z = checked_latents(unpack(z, *grid) if grid else z, settings.max_abs_latent)
+    scaling = remote.scaling(query)
     z = scaling.to_model(z) if scaling else z
-    images = finite(await model.wait(runtime.decode(z, query.tile)))
+    images = finite(await model.wait(remote.decode(z, query.tile)))
     if query.output_type == "pil":
         data = await asyncio.to_thread(image_file, images, query.image_format)
         return Response(data, media_type=IMAGE_TYPES[query.image_format], headers=model.headers)
@@ -66,18 +62,18 @@ async def remote_encode(
 ) -> Response:
     """Images (a raw tensor in [-1, 1], or an image file) -> latents, a raw tensor in the
     images' dtype (float32 for a file): the posterior's mode, or with sample=true a draw."""
-    runtime = model.diffusers
-    if query.sample and not runtime.has_posterior:
-        raise Unprocessable(f"{runtime.config.family} has no posterior to sample from")
-    check_tiling(query, runtime.can_tile, runtime.config.family)
+    remote = model.remote
+    if query.sample and not remote.has_posterior:
+        raise Unprocessable(f"{remote.family} has no posterior to sample from")
+    check_tiling(query, remote.can_tile, remote.family)
     images, dtype = await request_images(request, query, model)
-    encoded = await model.wait(runtime.encode(images, query.tile))
+    encoded = await model.wait(remote.encode(images, query.tile))
     headers = model.headers
     z = finite(encoded[0])
     if query.sample:
         seed = choose_seed(query.seed)
         z, headers["X-Seed"] = draw_posterior(Posterior(*encoded), seed), str(seed)
-    scaling = scaling_of(query, runtime.config)
+    scaling = remote.scaling(query)
     return tensor_reply((scaling.from_model(z) if scaling else z).to(dtype), headers)
 
 
@@ -85,23 +81,13 @@ async def request_images(
     request: Request, query: RemoteEncodeQuery, model: Served
 ) -> tuple[Tensor, torch.dtype]:
     """The images to encode, and the dtype to answer in."""
-    runtime, settings = model.diffusers, model.settings
+    remote, settings = model.remote, model.settings
     if query.shape is None:  # diffusers' client sends a PIL image as a PNG file
-        return await file_images(await request.body(), model), torch.float32
-    check_images(query.shape, runtime.config, settings)
+        return await remote.file_images(await request.body(), settings), torch.float32
+    remote.check_images(query.shape, settings)
     body = await request.body()
     images = read_tensor(body, query.shape, query.dtype, settings.max_body_bytes)
     return signed_images(images), DTYPES[query.dtype]
-
-
-async def file_images(body: bytes, model: Served) -> Tensor:
-    """An image file at its own size, as 1 x C x H x W in [-1, 1]."""
-    space, max_pixels = model.diffusers.config, model.settings.max_pixels_per_image
-    array: np.ndarray = await asyncio.to_thread(
-        decode_image_as_is, body, space.image_channels, max_pixels
-    )
-    check_size(array.shape[1], array.shape[2], space, model.settings)
-    return torch.from_numpy(array).unsqueeze(0) * 2 - 1
 
 
 def remote_router(prefix: str = "") -> APIRouter:
