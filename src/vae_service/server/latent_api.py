@@ -48,6 +48,12 @@ class LatentApi(Protocol):
 
     family: str
     has_posterior: bool  # False: encode gives latents and no log-variance
+    image_shape: tuple[int, ...]  # C x H x W; -1 where any size the model takes
+    latent_shape: tuple[int, ...]  # (D,), or C x h x w with -1 where any size
+
+    def check_declared(self, shape: tuple[int, ...], latents: bool, settings: Settings) -> None:
+        """The limits a declared shape matching image_shape or latent_shape must still
+        meet (its -1 sizes), checked before its values are read."""
 
     def latent_info(self, z: Tensor) -> dict[str, Any]:
         """The latents' description in a JSON answer."""
@@ -82,6 +88,11 @@ class OwnApi:
 
     def __init__(self, runtime: ModelRuntime) -> None:
         self.runtime = runtime
+        self.image_shape: tuple[int, ...] = runtime.config.image_shape
+        self.latent_shape: tuple[int, ...] = (runtime.config.latent_dim,)
+
+    def check_declared(self, shape: tuple[int, ...], latents: bool, settings: Settings) -> None:
+        """Nothing: our shapes fix every size but the count, which its callers check."""
 
     def latent_info(self, z: Tensor) -> dict[str, Any]:
         return {"latent_dim": self.runtime.config.latent_dim}
@@ -124,6 +135,15 @@ class DiffusersApi:
         self.runtime = runtime
         self.family = runtime.config.family
         self.has_posterior = runtime.has_posterior
+        space = runtime.config
+        self.image_shape: tuple[int, ...] = (space.image_channels, -1, -1)
+        self.latent_shape: tuple[int, ...] = (space.latent_channels, -1, -1)
+
+    def check_declared(self, shape: tuple[int, ...], latents: bool, settings: Settings) -> None:
+        if latents:
+            self.check_shape(shape, settings.max_images_per_request, settings)
+        else:
+            check_size(shape[2], shape[3], self.runtime.config, settings)
 
     def latent_info(self, z: Tensor) -> dict[str, Any]:
         space = self.runtime.config
@@ -240,3 +260,11 @@ class DiffusersApi:
     async def decode(self, z: Tensor) -> Tensor:
         images = finite(await self.runtime.decode(z))
         return ((images + 1) / 2).clamp(0, 1)
+
+
+def latent_api(runtime: ModelRuntime | DiffusersRuntime) -> LatentApi:
+    """The model as /encode, /decode, /reconstruct, /interpolate and the Open Inference
+    Protocol see it, either kind."""
+    if isinstance(runtime, ModelRuntime):
+        return OwnApi(runtime)
+    return DiffusersApi(runtime)

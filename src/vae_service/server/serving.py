@@ -28,7 +28,7 @@ from vae_service.server.errors import (
     RequestTimeout,
     Unprocessable,
 )
-from vae_service.server.latent_api import DiffusersApi, LatentApi, OwnApi
+from vae_service.server.latent_api import LatentApi, latent_api
 from vae_service.server.model_entries import Version
 from vae_service.server.remote_models import DiffusersRemote, OwnRemote, RemoteModel
 from vae_service.server.repository import ModelRepository
@@ -99,10 +99,7 @@ class Served:
     @property
     def api(self) -> LatentApi:
         """The model as /encode, /decode, /reconstruct and /interpolate see it, either kind."""
-        runtime = self.version.runtime
-        if isinstance(runtime, ModelRuntime):
-            return OwnApi(runtime)
-        return DiffusersApi(runtime)
+        return latent_api(self.version.runtime)
 
     @property
     def remote(self) -> RemoteModel:

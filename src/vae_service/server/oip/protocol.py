@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vae_service import __version__
-from vae_service.server.errors import ModelNotFound, ServiceError, Unprocessable
+from vae_service.server.errors import ModelNotFound, ServiceError
+from vae_service.server.latent_api import LatentApi, latent_api
 from vae_service.server.model_entries import UnknownModel, Version
 from vae_service.server.repository import ModelRepository
-from vae_service.server.runtime import ModelRuntime
 
 SERVER_NAME = "vae-serve"
 EXTENSIONS = ("binary_tensor_data",)
@@ -58,7 +58,8 @@ class TensorSpec:
 
 IMAGE_FILES = (
     "also BYTES [-1]: one encoded image file (PNG, JPEG, WebP, ...) per element, "
-    "converted and resized as /encode does; base64 strings in JSON"
+    "converted (and for this service's own VAEs resized) as /encode does; base64 "
+    "strings in JSON"
 )
 
 
@@ -75,11 +76,8 @@ class ProtocolModel:
         return f"{self.base}-{self.role}"
 
     @property
-    def runtime(self) -> ModelRuntime:
-        runtime = self.version.runtime
-        if not isinstance(runtime, ModelRuntime):  # not served over the protocol yet
-            raise Unprocessable(f"{self.base!r} is a diffusers model: use its remote VAE routes")
-        return runtime
+    def api(self) -> LatentApi:
+        return latent_api(self.version.runtime)
 
     @property
     def version_id(self) -> str:
@@ -87,22 +85,27 @@ class ProtocolModel:
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
-        cfg = self.runtime.config
+        api = self.api
         if self.role == ENCODER:
-            return (TensorSpec("images", FP32, (-1, *cfg.image_shape), {"content": IMAGE_FILES}),)
-        return (TensorSpec("z", FP32, (-1, cfg.latent_dim)),)
+            return (TensorSpec("images", FP32, (-1, *api.image_shape), {"content": IMAGE_FILES}),)
+        return (TensorSpec("z", FP32, (-1, *api.latent_shape)),)
 
     @property
     def outputs(self) -> tuple[TensorSpec, ...]:
-        cfg = self.runtime.config
+        api = self.api
         if self.role == ENCODER:
-            return tuple(TensorSpec(n, FP32, (-1, cfg.latent_dim)) for n in ("mean", "logvar", "z"))
-        return (TensorSpec("images", FP32, (-1, *cfg.image_shape)),)
+            return tuple(TensorSpec(n, FP32, (-1, *api.latent_shape)) for n in self.encodings)
+        return (TensorSpec("images", FP32, (-1, *api.image_shape)),)
+
+    @property
+    def encodings(self) -> tuple[str, ...]:
+        """An encoder's outputs: AutoencoderTiny has no posterior, so its latents alone."""
+        return ("mean", "logvar", "z") if self.api.has_posterior else ("mean",)
 
     @property
     def default_outputs(self) -> tuple[str, ...]:
         """What a request that names no outputs gets: z is a random draw, only on request."""
-        return ("mean", "logvar") if self.role == ENCODER else ("images",)
+        return self.encodings[:2] if self.role == ENCODER else ("images",)
 
     def metadata(self) -> dict[str, Any]:
         return {

@@ -48,8 +48,7 @@ from vae_service.server.oip.tensors import (
     the_input,
     unit_images,
 )
-from vae_service.server.request_bodies import images_tensor
-from vae_service.server.runtime import draw_posterior
+from vae_service.server.runtime import Posterior, draw_posterior
 from vae_service.server.serving import Lease, Repository, Served, serve
 from vae_service.server.settings import Settings
 from vae_service.server.validation import checked_latents
@@ -154,24 +153,25 @@ async def encode(
 ) -> tuple[Results, dict[str, Any]]:
     seed = seed_for(parsed, outputs)  # a bad seed is refused before any model work
     images = await encoder_images(served, tensor, spec)
-    posterior = await served.wait(served.runtime.encode(images))
-    values = {"mean": posterior.mean, "logvar": posterior.logvar}
-    if seed is not None:
-        values["z"] = draw_posterior(posterior, seed)
+    mean, logvar = await served.wait(served.api.encode(images))
+    values = {"mean": mean} if logvar is None else {"mean": mean, "logvar": logvar}
+    if seed is not None and logvar is not None:
+        values["z"] = draw_posterior(Posterior(mean, logvar), seed)
     parameters = {} if seed is None else {"seed": seed}
     return [(output, values[output.name]) for output in outputs], parameters
 
 
 async def encoder_images(served: Served, tensor: InputTensor, spec: TensorSpec) -> Tensor:
     """FP32 N x C x H x W in [0, 1], or BYTES N image files decoded as /encode does."""
-    settings = served.settings
+    settings, api = served.settings, served.api
     limit = settings.max_images_per_request
     if tensor.datatype == FP32:
         batch_size(tensor, spec.shape, limit, "images")
+        api.check_declared(tensor.shape, False, settings)
         return unit_images(fp32_array(tensor))
     if tensor.datatype == BYTES:
         count = batch_size(tensor, (-1,), limit, "images")
-        return await images_tensor(byte_elements(tensor, count), served.runtime, settings)
+        return await api.blob_images(byte_elements(tensor, count), settings)
     raise BadTensor(
         f"input {tensor.name!r} must be FP32 (pixels) or BYTES (image files), "
         f"got {tensor.datatype!r}"
@@ -181,10 +181,11 @@ async def encoder_images(served: Served, tensor: InputTensor, spec: TensorSpec) 
 async def decode(
     served: Served, tensor: InputTensor, spec: TensorSpec, outputs: list[RequestedOutput]
 ) -> tuple[Results, dict[str, Any]]:
-    settings = served.settings
+    settings, api = served.settings, served.api
     if tensor.datatype != FP32:
         raise BadTensor(f"input {tensor.name!r} must be FP32, got {tensor.datatype!r}")
     batch_size(tensor, spec.shape, settings.max_images_per_request, "latents")
+    api.check_declared(tensor.shape, True, settings)
     z = checked_latents(torch.from_numpy(fp32_array(tensor)), settings.max_abs_latent)
-    images = await served.wait(served.runtime.decode(z))
+    images = await served.wait(api.decode(z))
     return [(output, images) for output in outputs], {}
