@@ -12,15 +12,17 @@
 #   3. checks that every requirement of the service and its tests is met, and imports it;
 #   4. runs the CUDA tests (pytest -m cuda, tests/test_cuda.py) and the API tests (CPU);
 #   5. runs the throughput benchmark on cuda in fp32, short measurements;
-#   6. compares 1, 2, 4 and 8 worker processes (benchmarks/workers.py) on cuda;
-#   7. runs the fp32 benchmark again with VAE_MAX_BATCH_SIZE=512: a batch limit sized
+#   6. measures diffusers VAEs served against in process (benchmarks/diffusers_gpu.py:
+#      SD- and SDXL-shaped decode at 512² and 1024², fp32/fp16/bf16, tiled and untiled);
+#   7. compares 1, 2, 4 and 8 worker processes (benchmarks/workers.py) on cuda;
+#   8. runs the fp32 benchmark again with VAE_MAX_BATCH_SIZE=512: a batch limit sized
 #      for a GPU rather than the CPU's 64 (fewer, larger forward passes);
-#   8. runs the throughput benchmark in bf16.
+#   9. runs the throughput benchmark in bf16.
 # The load generator is wrk when gpu_wheels.sh carried it (.whl/bin/wrk), else httpx.
 # A failed step is recorded and the next one runs all the same. OUTDIR (default
 # gpu-check-out) gets gpu-check.md (the summary with every benchmark report),
 # gpu-check.log (everything printed), bench-cuda-fp32.md, bench-cuda-fp32-batch512.md,
-# bench-cuda-bf16.md and workers-cuda.md.
+# bench-cuda-bf16.md, bench-diffusers-cuda.md and workers-cuda.md.
 # Exit status: 0 when every step passed, 1 when one failed, 3 without torch or CUDA, 2 on
 # misuse (no wheels to install, say).
 #
@@ -33,7 +35,8 @@
 #   GPU_CHECK_SECONDS=3            length of each benchmark measurement
 #   GPU_CHECK_SOAK=2000            requests in the benchmark's memory soak (0: none)
 #   GPU_CHECK_WORKERS=1,2,4,8      worker counts to compare (empty: leave the step out)
-#   GPU_CHECK_BATCH=512            VAE_MAX_BATCH_SIZE of step 7 (empty: leave it out)
+#   GPU_CHECK_BATCH=512            VAE_MAX_BATCH_SIZE of step 8 (empty: leave it out)
+#   GPU_CHECK_DIFFUSERS=1          0: leave step 6 out (on cpu it runs tiny configs)
 #   GPU_CHECK_BUDGET_S=460         each step's limit is cut to what is left of this
 set -euo pipefail
 
@@ -56,6 +59,7 @@ BUDGET=${GPU_CHECK_BUDGET_S:-460}  # no step runs past it, so the whole check en
 SOAK=${GPU_CHECK_SOAK:-2000}
 WORKERS=${GPU_CHECK_WORKERS-1,2,4,8}
 BATCH=${GPU_CHECK_BATCH-512}
+DIFFUSERS=${GPU_CHECK_DIFFUSERS:-1}
 SUMMARY=$OUTDIR/gpu-check.md
 LOG=$OUTDIR/gpu-check.log
 export PYTHONUNBUFFERED=1
@@ -180,6 +184,14 @@ workers() {  # workers: benchmarks/workers.py's table, when GPU_CHECK_WORKERS na
     "$DEVICE" "$WORKERS" "$BENCH_SECONDS" "$OUTDIR/workers-$DEVICE.md"
 }
 
+diffusers_rows() {  # the diffusers VAEs' table, unless GPU_CHECK_DIFFUSERS=0
+  if [ "$DIFFUSERS" != 1 ]; then return; fi
+  local quick=()
+  if [ "$DEVICE" = cpu ]; then quick=(--quick --repeats 2); fi
+  step "diffusers VAEs, $DEVICE" 200 "$PYTHON" -m benchmarks.diffusers_gpu --device "$DEVICE" \
+    "${quick[@]}" --write "$OUTDIR/bench-diffusers-$DEVICE.md"
+}
+
 bench() {  # bench PRECISION [BATCH]: with BATCH, under VAE_MAX_BATCH_SIZE=BATCH
   local name=$1 batch=()
   if [ -n "${2:-}" ]; then name="$1-batch$2" batch=("VAE_MAX_BATCH_SIZE=$2"); fi
@@ -202,6 +214,7 @@ main() {
   for p in $PRECISIONS; do
     bench "$p"
     if [ "$p" = fp32 ]; then
+      diffusers_rows
       workers
       if [ -n "$BATCH" ]; then bench fp32 "$BATCH"; fi
     fi

@@ -188,9 +188,11 @@ def test_gpu_check_dry_run_on_the_cpu(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (site / "gpucheckdummy.py").is_file()
     reports = {"bench-cpu-fp32.md", "bench-cpu-fp32-batch128.md", "workers-cpu.md"}
+    reports.add("bench-diffusers-cpu.md")
     assert {p.name for p in out.iterdir()} == {"gpu-check.md", "gpu-check.log", *reports}
     summary = (out / "gpu-check.md").read_text()
-    assert summary.count("| ok |") == 8 and "failed" not in summary
+    assert summary.count("| ok |") == 9 and "failed" not in summary
+    assert "## Benchmark: diffusers, cpu\n" in summary and "| sdxl | 128² | fp32 | yes |" in summary
     assert "- pytest: " in summary and "skipped" in summary  # the CUDA tests skip here
     assert "## Benchmark: cpu, fp32\n" in summary and "Device: cpu, precision fp32" in summary
     assert summary.index("## Benchmark: cpu, fp32\n") < summary.index(
@@ -281,6 +283,6 @@ def test_gpu_check_skips_what_its_time_budget_cannot_hold(tmp_path: Path) -> Non
     )
     assert done.returncode == 1, done.stdout
     summary = (tmp_path / "out" / "gpu-check.md").read_text()
-    # 4 steps, 2 benchmarks and the worker comparison
-    assert summary.count("**skipped**: the 5 s budget is spent") == 7
+    # 4 steps, 2 benchmarks, the diffusers VAEs and the worker comparison
+    assert summary.count("**skipped**: the 5 s budget is spent") == 8
     assert not (tmp_path / "out" / "bench-cpu-fp32.md").exists()
