@@ -35,6 +35,13 @@ KL_CONFIGS: dict[str, dict[str, Any]] = {
         "latents_std": (1.5, 0.5, 2.0, 1.0),
         "use_post_quant_conv": False,
     },
+    # Greyscale, one block (no downsampling) and no attention in the mid block.
+    "grey": {
+        "block_out_channels": (8,),
+        "in_channels": 1,
+        "out_channels": 1,
+        "mid_block_add_attention": False,
+    },
 }
 TINY_CONFIG = {
     "encoder_block_out_channels": (8, 8, 8),

@@ -77,7 +77,7 @@ def test_models_lists_diffusers_folders_beside_ours(client: TestClient, shelf: A
     listed = {m["name"]: m for m in client.get("/models").json()["models"]}
     assert sorted(listed) == sorted([*NAMES, "ours"])
     assert listed["ours"]["family"] == "ours" and listed["ours"]["latent_shape"] == [32]
-    expected = {"sd": (4, 4), "flux": (16, 2), "stats": (4, 2), "tiny": (4, 4)}
+    expected = {"sd": (4, 4), "flux": (16, 2), "stats": (4, 2), "grey": (4, 1), "tiny": (4, 4)}
     for name, (channels, factor) in expected.items():
         model = listed[name]
         assert model["state"] == "ready", model
@@ -98,8 +98,8 @@ def test_model_info_describes_the_folder(client: TestClient, shelf: Any, name: s
     assert info["device"] == "cpu" and info["backend"] == "torch"
     space = shelf[1][name].config
     assert info["latent_shape"] == [space.latent_channels, -1, -1]
-    assert info["image_shape"] == [3, -1, -1]
-    assert info["downsampling"] == {"flux": 2, "stats": 2}.get(name, 4)
+    assert info["image_shape"] == [space.in_channels, -1, -1]
+    assert info["downsampling"] == {"flux": 2, "stats": 2, "grey": 1}.get(name, 4)
     assert info["scaling_factor"] == pytest.approx(space.get("scaling_factor") or 1.0)
     assert info["shift_factor"] == pytest.approx(space.get("shift_factor") or 0.0)
     expected_mean = list(space["latents_mean"]) if name == "stats" else None
@@ -128,7 +128,8 @@ def test_decode_equals_diffusers_in_process(client: TestClient, shelf: Any, name
 @pytest.mark.parametrize("name", NAMES)
 def test_encode_equals_diffusers_in_process(client: TestClient, shelf: Any, name: str) -> None:
     model = shelf[1][name]
-    x = torch.rand((2, 3, 16, 24), generator=torch.Generator().manual_seed(2)) * 2 - 1
+    shape = (2, model.config.in_channels, 16, 24)
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(2)) * 2 - 1
     reply = post(client, f"/models/{name}/remote-encode", x, scaling_factor=0.5, shift_factor=0.25)
     with torch.no_grad():
         encoded = model.encode(x)
