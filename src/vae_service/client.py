@@ -53,6 +53,7 @@ from vae_service.client_requests import (
     remote_decode_call,
     remote_encode_call,
     sample_call,
+    score_call,
 )
 
 __all__ = ["AsyncVAEClient", "Decoded", "Encoding", "VAEClient", "VAEError"]
@@ -141,6 +142,13 @@ class VAEClient(_Bound):
 
     def decode(self, z: Latents, as_array: bool = False) -> Decoded:
         return self.send(decode_call(z, as_array))
+
+    def score(
+        self, images: Images, k: int | None = None, fpr: float | None = None, multipart: bool = False
+    ) -> dict[str, Any]:
+        """/score's answer: per image its anomaly score, p-value and flag at ``fpr``, and
+        the parts (docs/anomaly.md); ``k`` importance samples for the IWAE part."""
+        return self.send(score_call(images, k, fpr, multipart))
 
     def reconstruct(self, images: Images, multipart: bool = False) -> Decoded:
         """Images through the posterior mean and back; arrays in give an array out."""
@@ -238,6 +246,11 @@ class AsyncVAEClient(_Bound):
 
     async def decode(self, z: Latents, as_array: bool = False) -> Decoded:
         return await self.send(decode_call(z, as_array))
+
+    async def score(
+        self, images: Images, k: int | None = None, fpr: float | None = None, multipart: bool = False
+    ) -> dict[str, Any]:
+        return await self.send(score_call(images, k, fpr, multipart))
 
     async def reconstruct(self, images: Images, multipart: bool = False) -> Decoded:
         return await self.send(reconstruct_call(images, multipart))

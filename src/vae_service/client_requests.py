@@ -239,6 +239,16 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     return dict(response.json())
 
 
+def score_call(images: Images, k: int | None, fpr: float | None, multipart: bool) -> Call[Any]:
+    """/score's JSON answer: per image its score, p-value, flag and parts."""
+    params = {name: value for name, value in (("k", k), ("fpr", fpr)) if value is not None}
+    if isinstance(images, np.ndarray):
+        body = {"content": npy_bytes(images), "headers": {"content-type": NPY}}
+    else:
+        body = _image_body(images, multipart)
+    return Call("POST", "/score", _json, params, body, per_model=True)
+
+
 def json_call(path: str) -> Call[dict[str, Any]]:
     return Call("GET", path, _json)
 

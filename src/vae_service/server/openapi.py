@@ -39,6 +39,7 @@ SETTINGS_LIMITS = (
     "max_images_per_request",
     "max_interpolation_steps",
     "max_sample_n",
+    "max_score_samples",
 )
 # The values each model has of its own (``model_values``).
 MODEL_VALUES = frozenset({"latent_dim", "priors", "z_examples"})

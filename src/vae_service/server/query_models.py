@@ -7,6 +7,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vae_service.model.anomaly import DEFAULT_IWAE_SAMPLES
 from vae_service.server.schemas import EncodeFormat, ImageFormat, PriorName, live
 
 
@@ -67,4 +68,21 @@ class SampleQuery(QueryModel):
         None,
         description="standard: N(0, I); fitted: the weights' mixture (the default if any)",
         json_schema_extra=live(enum="priors"),
+    )
+
+
+class ScoreQuery(QueryModel):
+    k: int = Field(
+        DEFAULT_IWAE_SAMPLES,
+        ge=1,
+        description="Importance samples of the IWAE bound (Burda et al. 2016) in the parts",
+        json_schema_extra=live(maximum="max_score_samples"),
+    )
+    fpr: float = Field(
+        0.01,
+        gt=0.0,
+        lt=1.0,
+        allow_inf_nan=False,
+        description="The false-positive rate to flag at: the share of in-distribution images "
+        "flagged as anomalous",
     )

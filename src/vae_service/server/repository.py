@@ -281,4 +281,5 @@ def batching(settings: Settings) -> Batching:
         settings.precision,
         settings.max_queue_wait_ms / 1000,
         settings.max_batch_pixels,
+        settings.max_score_samples,
     )

@@ -13,12 +13,14 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from vae_service.model import VAE, Checkpoint, VAEConfig, load_weights
+from vae_service.model.anomaly import AnomalyScores, Calibration, image_statistics, score_images
 from vae_service.model.device import resolve_device
 from vae_service.model.prior import FittedPrior
 from vae_service.server.backends import Backend, TorchBackend
@@ -28,6 +30,13 @@ from vae_service.server.cpus import usable_cpus
 
 logger = logging.getLogger("service")
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The IWAE draws of /score are the same for every request (common random numbers): the
+# same image always gets the same score, so a threshold never flips on chance.
+SCORE_SEED = 0
+
+
+def score_operation(k: int) -> str:
+    return f"score-k{k}"
 
 
 class DeviceError(Exception):
@@ -50,7 +59,9 @@ def load_checkpoint(weights: Path, device: str) -> Checkpoint:
     except ValueError as exc:
         raise DeviceError(str(exc)) from None
     checkpoint = load_weights(weights, target)
-    FittedPrior.from_checkpoint(checkpoint)  # a corrupt prior stops start-up, not a /sample
+    # A corrupt prior or calibration stops start-up, not a /sample or a /score.
+    FittedPrior.from_checkpoint(checkpoint)
+    Calibration.from_checkpoint(checkpoint)
     return checkpoint
 
 
@@ -132,6 +143,7 @@ class Batching:
     precision: str = "fp32"  # bf16 / fp16 apply on CUDA only
     max_queue_wait_s: float = 0.0  # 0: no bound
     max_batch_pixels: int = 4 * 1024 * 1024  # diffusers models only
+    max_score_samples: int = 64  # our own VAEs: one batched operation per k of /score
 
     def batcher(self, operations: dict[str, Operation]) -> Batcher:
         """One model's batcher, for our own runtimes and diffusers' alike."""
@@ -160,7 +172,10 @@ class ModelRuntime:
         self.backend = backend or TorchBackend(self.model)
         # On the CPU (extra tensors load there), like every seeded draw: see seeded().
         self.prior = FittedPrior.from_checkpoint(checkpoint)
+        self.calibration = Calibration.from_checkpoint(checkpoint)  # on the CPU: p-values
         self.device = next(self.model.parameters()).device
+        self._scorer = self.calibration.to(self.device) if self.calibration else None
+        self.score_parts: tuple[str, ...] = ()  # the parts' names, known from the warm-up
         cuda = self.device.type == "cuda"
         self.half = HALF.get(batching.precision) if cuda else None
         self.ready = False
@@ -169,6 +184,9 @@ class ModelRuntime:
             "encode": Operation(self._encode_batch, cfg.image_shape),
             "decode": Operation(self._decode_batch, (cfg.latent_dim,)),
         }
+        # One operation per k: a batch stacks only requests that asked for the same k.
+        for k in range(1, batching.max_score_samples + 1):
+            operations[score_operation(k)] = Operation(partial(self._score_batch, k), cfg.image_shape)
         self.batcher = batching.batcher(operations)
 
     @property
@@ -196,6 +214,7 @@ class ModelRuntime:
         for n in range(1, self.batcher.max_batch_size + 1):
             mean, _ = self._encode_batch(torch.zeros((n, *self.config.image_shape)))
             self._decode_batch(mean)
+        self._score_batch(1, torch.zeros((1, *self.config.image_shape)))
 
     async def aclose(self) -> None:
         """Stop taking work and answer every request already queued."""
@@ -211,6 +230,24 @@ class ModelRuntime:
     def _decode_batch(self, z: Tensor) -> Outputs:
         return self._forward(self.backend.decode, z)
 
+    def _score_batch(self, k: int, images: Tensor) -> Outputs:
+        # Always torch: the IWAE bound decodes k draws per image, which the ONNX graphs
+        # of the other operations do not do.
+        return self._forward(partial(self._scores, k), images)
+
+    def _scores(self, k: int, images: Tensor) -> Outputs:
+        # A calibrated score is computed as it was calibrated (its own k), so that its
+        # p-values hold; the request's k is the parts' when it differs.
+        at = self._scorer.k if self._scorer else k
+        scores = score_images(
+            self.model, images, self._scorer, k=at, seed=SCORE_SEED, prior=self.prior
+        )
+        parts = scores.parts
+        if k != at:
+            parts = image_statistics(self.model, images, k, SCORE_SEED, self.prior)
+        self.score_parts = tuple(parts)
+        return (scores.score, *parts.values())
+
     async def encode(self, images: Tensor) -> Posterior:
         """Images N x C x H x W in [0, 1] -> q(z|x)."""
         mean, logvar = await self.batcher.submit("encode", images)
@@ -220,6 +257,13 @@ class ModelRuntime:
         """Latents N x latent_dim -> images N x C x H x W in [0, 1] (the mean of p(x|z))."""
         (images,) = await self.batcher.submit("decode", z)
         return images
+
+    async def score(self, images: Tensor, k: int) -> AnomalyScores:
+        """Images N x C x H x W in [0, 1] -> anomaly scores, their p-values where the
+        weights are calibrated, and the statistics they are made of."""
+        score, *parts = await self.batcher.submit(score_operation(k), images)
+        p_value = self.calibration.p_values(score) if self.calibration else None
+        return AnomalyScores(score, p_value, dict(zip(self.score_parts, parts, strict=True)))
 
     async def reconstruct(self, images: Tensor) -> Tensor:
         """Decoded posterior means."""

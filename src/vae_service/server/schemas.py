@@ -202,6 +202,10 @@ class ModelInfo(BaseModel):
     prior: FittedPriorInfo | None = Field(
         description="The fitted latent prior /sample uses by default; null if none"
     )
+    calibration: dict[str, Any] | None = Field(
+        description="The anomaly score's calibration (vae-calibrate, docs/anomaly.md); "
+        "null if the weights carry none"
+    )
 
 
 class DiffusersModelInfo(BaseModel):

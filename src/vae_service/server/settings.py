@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from vae_service.model.anomaly import MAX_IWAE_SAMPLES
 from vae_service.model.pretrained import DEFAULT_WEIGHTS
 
 ENV_PREFIX = "VAE_"
@@ -100,6 +101,15 @@ class Settings(BaseSettings):
     )
     max_interpolation_steps: int = Field(
         default=256, ge=2, description="Largest steps for /interpolate; more get 422."
+    )
+    max_score_samples: int = Field(
+        default=64,
+        ge=1,
+        le=MAX_IWAE_SAMPLES,
+        description=(
+            "Largest k (importance samples of the IWAE bound) for /score; more get 422. "
+            f"At most {MAX_IWAE_SAMPLES}."
+        ),
     )
     max_batch_size: int = Field(
         default=64,

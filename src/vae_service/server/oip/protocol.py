@@ -11,6 +11,7 @@ from vae_service.server.errors import ModelNotFound, ServiceError
 from vae_service.server.latent_api import LatentApi, latent_api
 from vae_service.server.model_entries import UnknownModel, Version
 from vae_service.server.repository import ModelRepository
+from vae_service.server.runtime import ModelRuntime
 
 SERVER_NAME = "vae-serve"
 EXTENSIONS = ("binary_tensor_data",)
@@ -19,6 +20,7 @@ BINARY_MEDIA_TYPE = "application/octet-stream"
 FP32, BYTES = "FP32", "BYTES"
 ENCODER, DECODER = "encoder", "decoder"
 ROLES = (ENCODER, DECODER)
+SCORES = ("score", "p_value")  # an encoder's anomaly outputs, as /score answers them
 VERSION_DIGITS = 12
 MAX_SEED = 2**63 - 1
 # Parameters of features this server does not have: ignoring them would answer
@@ -94,7 +96,8 @@ class ProtocolModel:
     def outputs(self) -> tuple[TensorSpec, ...]:
         api = self.api
         if self.role == ENCODER:
-            return tuple(TensorSpec(n, FP32, (-1, *api.latent_shape)) for n in self.encodings)
+            latents = tuple(TensorSpec(n, FP32, (-1, *api.latent_shape)) for n in self.encodings)
+            return latents + tuple(TensorSpec(n, FP32, (-1,)) for n in self.scores)
         return (TensorSpec("images", FP32, (-1, *api.image_shape)),)
 
     @property
@@ -103,8 +106,18 @@ class ProtocolModel:
         return ("mean", "logvar", "z") if self.api.has_posterior else ("mean",)
 
     @property
+    def scores(self) -> tuple[str, ...]:
+        """An encoder's anomaly outputs (as /score's, at its default k): this service's
+        own VAEs only, and the p-value only where the weights are calibrated."""
+        runtime = self.version.runtime
+        if self.role != ENCODER or not isinstance(runtime, ModelRuntime):
+            return ()
+        return SCORES if runtime.calibration else SCORES[:1]
+
+    @property
     def default_outputs(self) -> tuple[str, ...]:
-        """What a request that names no outputs gets: z is a random draw, only on request."""
+        """What a request that names no outputs gets: z is a random draw, and the scores
+        cost k decoder passes per image, so both only on request."""
         return self.encodings[:2] if self.role == ENCODER else ("images",)
 
     def metadata(self) -> dict[str, Any]:

@@ -50,6 +50,11 @@ class ModelSummary(BaseModel):
         None, description="Image pixels per latent position, per side (diffusers models)"
     )
     dtype: str | None = Field(None, description="The weights' dtype", examples=["float32"])
+    calibrated: bool | None = Field(
+        None,
+        description="Whether /score answers p-values and flags (vae-calibrate); null for a "
+        "model /score does not serve",
+    )
 
 
 class ModelList(BaseModel):
@@ -82,6 +87,7 @@ def own_summary(runtime: ModelRuntime | None) -> dict[str, Any]:
         "family": "ours",
         "latent_shape": [runtime.config.latent_dim],
         "dtype": dtype_name(runtime.model),
+        "calibrated": runtime.calibration is not None,
     }
 
 

@@ -18,6 +18,7 @@ import torch
 from fastapi import APIRouter, Depends, Request, Response
 from torch import Tensor
 
+from vae_service.model.anomaly import DEFAULT_IWAE_SAMPLES
 from vae_service.server.oip.parsing import (
     InferRequest,
     InputTensor,
@@ -31,6 +32,7 @@ from vae_service.server.oip.protocol import (
     ENCODER,
     FP32,
     HEADER_LENGTH,
+    SCORES,
     BadTensor,
     ProtocolModel,
     TensorSpec,
@@ -157,8 +159,16 @@ async def encode(
     values = {"mean": mean} if logvar is None else {"mean": mean, "logvar": logvar}
     if seed is not None and logvar is not None:
         values["z"] = draw_posterior(Posterior(mean, logvar), seed)
+    if any(output.name in SCORES for output in outputs):
+        values.update(await scored(served, images))
     parameters = {} if seed is None else {"seed": seed}
     return [(output, values[output.name]) for output in outputs], parameters
+
+
+async def scored(served: Served, images: Tensor) -> dict[str, Tensor]:
+    """The encoder's score outputs, as /score gives them at its default k."""
+    scores = await served.wait(served.runtime.score(images, DEFAULT_IWAE_SAMPLES))
+    return {"score": scores.score, **({} if scores.p_value is None else {"p_value": scores.p_value})}
 
 
 async def encoder_images(served: Served, tensor: InputTensor, spec: TensorSpec) -> Tensor:

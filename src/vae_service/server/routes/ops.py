@@ -85,6 +85,7 @@ def describe(runtime: ModelRuntime, name: str) -> ModelInfo:
         data=ckpt.metadata.get("data") or {},
         training=ckpt.metadata.get("training") or {},
         prior=FittedPriorInfo(**runtime.prior.describe()) if runtime.prior else None,
+        calibration=runtime.calibration.describe() if runtime.calibration else None,
     )
 
 

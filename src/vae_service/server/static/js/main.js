@@ -4,6 +4,7 @@
 
 import { Api, ApiError, storeKey } from "./api.js";
 import { drawPosterior, mostActive, posteriorStats } from "./chart.js";
+import { noiseBlob, showScore } from "./score.js";
 
 const api = new Api();
 const MODEL_STORAGE = "vae-playground-model";
@@ -14,6 +15,7 @@ const panels = {
   encode: byTestId("encode-panel"),
   interpolate: byTestId("interpolate-panel"),
   traverse: byTestId("traverse-panel"),
+  score: byTestId("score-panel"),
 };
 
 const state = {
@@ -211,6 +213,9 @@ function resetOutputs() {
   byTestId("posterior-summary").textContent = "";
   byTestId("interpolation-strip").replaceChildren();
   byTestId("traversal-grid").replaceChildren();
+  byTestId("score-input").hidden = true;
+  byTestId("score-verdict").textContent = "";
+  byTestId("score-parts").replaceChildren();
   for (const panel of Object.values(panels)) clearError(panel);
   refreshSources();
 }
@@ -351,12 +356,14 @@ async function loadExamples() {
 
 // ---------------------------------------------------------------- image sources
 
-// The selects of the interpolate and traverse panels: an example, the encode panel's
-// image, one of the last samples (interpolation only), or a file uploaded beside it.
+// The selects of the interpolate, traverse and score panels: an example, the encode
+// panel's image, one of the last samples (interpolation only), noise made in the page
+// (score only), or a file uploaded beside it.
 const sources = [
   { key: "a", select: byTestId("interpolate-a"), file: byTestId("interpolate-a-file"), samples: true, initial: "example:0" },
   { key: "b", select: byTestId("interpolate-b"), file: byTestId("interpolate-b-file"), samples: true, initial: "last" },
   { key: "t", select: byTestId("traverse-source"), file: byTestId("traverse-file"), samples: false, initial: "example:0" },
+  { key: "s", select: byTestId("score-source"), file: byTestId("score-file"), samples: false, noise: true, initial: "example:0" },
 ];
 
 function refreshSources() {
@@ -376,6 +383,7 @@ function refreshSources() {
         options.push(option);
       }
     }
+    if (source.noise) options.push(new Option("uniform noise (made in this page)", "noise"));
     const uploaded = state.files[source.key];
     const file = new Option(uploaded ? `uploaded: ${uploaded.name}` : "uploaded file (none)", "file");
     file.disabled = !uploaded;
@@ -402,6 +410,7 @@ async function resolveSource(select, key) {
   if (kind === "example") return { blob: await exampleBlob(Number(index)), label: state.examples[index].label };
   if (kind === "encoded" && state.encoded) return { blob: state.encoded.blob, label: state.encoded.label, posterior: state.encoded };
   if (kind === "sample" && state.samples) return { z: state.samples.z[Number(index)], label: `sample ${Number(index) + 1}` };
+  if (kind === "noise") return { blob: await noiseBlob(state.model.shape), label: "uniform noise" };
   if (kind === "file" && state.files[key]) return { blob: state.files[key], label: state.files[key].name };
   throw new ApiError(0, "Pick an image first (or upload one)");
 }
@@ -476,6 +485,20 @@ document.getElementById("traverse-form").addEventListener("submit", (event) => {
       return row;
     });
     byTestId("traversal-grid").replaceChildren(head, ...rows);
+  });
+});
+
+// ---------------------------------------------------------------- score
+
+document.getElementById("score-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const form = new FormData(event.target);
+  run(panels.score, async () => {
+    const source = await resolveSource(sources[3].select, "s");
+    const params = { k: form.get("k"), fpr: form.get("fpr") };
+    const answer = await api.call(modelPath("score"), { params, form: imagesForm(source.blob) });
+    showBlob(byTestId("score-input"), source.blob);
+    showScore(panels.score, answer, source.label);
   });
 });
 

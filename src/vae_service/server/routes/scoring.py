@@ -1,0 +1,84 @@
+"""POST /score, and /models/{model}/score: how unlike its training data each image is
+to a model (docs/anomaly.md). The images come in as for /encode; the scores are
+computed on the model's batcher, so concurrent requests share forward passes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+
+from vae_service.model.anomaly import AnomalyScores, Calibration, anomalous, score_kind
+from vae_service.server.api_docs import error_responses
+from vae_service.server.query_models import ScoreQuery
+from vae_service.server.routes.inference import IMAGE_BODY
+from vae_service.server.score_schemas import ImageScore, ScoreResponse
+from vae_service.server.serving import PER_MODEL, ServedModel, leased, model_path
+from vae_service.server.validation import check_limit
+
+UNCALIBRATED = (
+    "this model is not calibrated: p_value and anomalous need calibration statistics in "
+    "its weights (vae-calibrate WEIGHTS, docs/anomaly.md)"
+)
+
+
+async def score(
+    model: ServedModel,
+    query: Annotated[ScoreQuery, Query()],
+    request: Request,
+    response: Response,
+) -> ScoreResponse:
+    """Each image's anomaly score (higher: less like the training data), its p-value
+    against held-out in-distribution images, the flag at ?fpr=, and the statistics it
+    is made of. An uncalibrated model answers the score and its parts only."""
+    runtime = model.runtime  # 422 for a diffusers model: it has no likelihood to score
+    check_limit(query.k, model.settings.max_score_samples, "k", "max_score_samples")
+    images = await model.api.images(request, model.settings)
+    scores = await model.wait(runtime.score(images, query.k))
+    response.headers.update(model.headers)
+    return score_response(scores, runtime.calibration, query)
+
+
+def score_response(
+    scores: AnomalyScores, calibration: Calibration | None, query: ScoreQuery
+) -> ScoreResponse:
+    p_values = scores.p_value.tolist() if scores.p_value is not None else None
+    flags = anomalous(scores.p_value, query.fpr).tolist() if scores.p_value is not None else None
+    parts = {name: values.tolist() for name, values in scores.parts.items()}
+    rows = [
+        ImageScore(
+            score=value,
+            p_value=p_values[i] if p_values else None,
+            anomalous=flags[i] if flags else None,
+            parts={name: column[i] for name, column in parts.items()},
+        )
+        for i, value in enumerate(scores.score.tolist())
+    ]
+    return ScoreResponse(
+        calibrated=calibration is not None,
+        score_kind=score_kind(calibration),
+        fpr=query.fpr,
+        threshold=calibration.threshold(query.fpr) if calibration else None,
+        k=query.k,
+        note=None if calibration else UNCALIBRATED,
+        calibration=calibration.describe() if calibration else None,
+        scores=rows,
+    )
+
+
+def score_router(prefix: str = "") -> APIRouter:
+    """/score under ``prefix``: "" for the default model, or PER_MODEL."""
+    per_model = prefix == PER_MODEL
+    router = APIRouter(
+        prefix=prefix,
+        tags=["model"],
+        dependencies=[Depends(model_path)] if per_model else [],
+        responses=error_responses(404) if per_model else {},
+    )
+    router.post(
+        "/score",
+        response_model=ScoreResponse,
+        responses=error_responses(400, 401, 413, 415, 422, 503, 504),
+        openapi_extra=IMAGE_BODY,
+    )(leased(score))
+    return router
