@@ -99,9 +99,11 @@ class Calibration:
 
     def describe(self) -> dict[str, Any]:
         """The metadata stored under ``anomaly`` and reported by the service."""
+        threshold = self.threshold(DEFAULT_FPR)
+        # None, not ±inf, where no score or every score is flagged: JSON has no infinity.
         return self.info | {
             "default_fpr": DEFAULT_FPR,
-            "threshold": self.threshold(DEFAULT_FPR),
+            "threshold": threshold if math.isfinite(threshold) else None,
         }
 
     def tensors(self) -> dict[str, Tensor]:

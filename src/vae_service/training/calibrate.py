@@ -138,7 +138,7 @@ def summary_line(c: Calibration, out: Path, seconds: float) -> str:
     return (
         f"fitted a {d['components']}-component DoSE density to {d['fit']['n']} images "
         f"({d['fit']['source']}), calibrated on {d['calibration']['n']} "
-        f"({d['calibration']['source']}): threshold {d['threshold']:.3f} at "
+        f"({d['calibration']['source']}): threshold {c.threshold(d['default_fpr']):.3f} at "
         f"{d['default_fpr']:.0%} false positives; wrote {out} in {seconds:.1f}s"
     )
 
