@@ -135,11 +135,16 @@ def attach_calibration(ckpt: Checkpoint, calibration: Calibration, out: str | Pa
 
 def summary_line(c: Calibration, out: Path, seconds: float) -> str:
     d = c.describe()
+    fpr, n = d["default_fpr"], d["calibration"]["n"]
+    threshold = (
+        f"threshold {d['threshold']:.3f} at {fpr:.0%} false positives"
+        if d["threshold"] is not None
+        else f"no threshold at {fpr:.0%}: {n} calibration images are too few"
+    )
     return (
         f"fitted a {d['components']}-component DoSE density to {d['fit']['n']} images "
-        f"({d['fit']['source']}), calibrated on {d['calibration']['n']} "
-        f"({d['calibration']['source']}): threshold {c.threshold(d['default_fpr']):.3f} at "
-        f"{d['default_fpr']:.0%} false positives; wrote {out} in {seconds:.1f}s"
+        f"({d['fit']['source']}), calibrated on {n} ({d['calibration']['source']}): "
+        f"{threshold}; wrote {out} in {seconds:.1f}s"
     )
 
 
