@@ -11,8 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from vae_service.model import VAE
-from vae_service.training import metrics
+from vae_service.model import VAE, likelihood
 from vae_service.training.evaluate import main
 from vae_service.training.metrics import (
     active_units,
@@ -63,7 +62,7 @@ def test_iwae_decodes_in_bounded_chunks_with_the_same_result(
     whole = iwae_nll(spread_model, binary_images, k=50, batch_size=8, seed=2)
     assert rows == [8 * 50] * 2
     rows.clear()
-    monkeypatch.setattr(metrics, "IWAE_DECODE_ROWS", 8 * 16)
+    monkeypatch.setattr(likelihood, "DECODE_ROWS", 8 * 16)
     assert iwae_nll(spread_model, binary_images, k=50, batch_size=8, seed=2) == pytest.approx(whole)
     assert rows == [8 * 16, 8 * 16, 8 * 16, 8 * 2] * 2
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vae_service.model.calibration import without_calibration
 from vae_service.model.prior import PRIOR_PREFIX, FittedPrior
 from vae_service.model.vae import VAE
 from vae_service.model.weights import Checkpoint, load_weights, save_weights
@@ -31,13 +32,15 @@ def rewrite_with_prior(
     storage: str | None = None,
     more_metadata: dict[str, Any] | None = None,
 ) -> Checkpoint:
-    """Write ``model`` with ``prior`` and ``ckpt``'s other tensors and metadata to ``out``."""
+    """Write ``model`` with ``prior`` and ``ckpt``'s other tensors and metadata to ``out``,
+    less any anomaly calibration: it was made for the old prior (rerun vae-calibrate)."""
     if prior.latent_dim != ckpt.config.latent_dim:
         raise ValueError(
             f"prior has {prior.latent_dim} latent dims, model {ckpt.config.latent_dim}"
         )
-    extra = {k: v for k, v in ckpt.extra_tensors.items() if not k.startswith(PRIOR_PREFIX)}
-    meta = {k: v for k, v in ckpt.metadata.items() if k not in ("config", "format_version")}
+    meta, extra, _ = without_calibration(ckpt.metadata, ckpt.extra_tensors)
+    extra = {k: v for k, v in extra.items() if not k.startswith(PRIOR_PREFIX)}
+    meta = {k: v for k, v in meta.items() if k not in ("config", "format_version")}
     meta |= {"prior": prior.describe(), **(more_metadata or {})}
     if storage:
         meta["storage"] = storage

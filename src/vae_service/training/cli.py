@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from typing import Protocol
 
-from vae_service.model.weights import WeightsError
+from vae_service.model.weights import Checkpoint, WeightsError
 from vae_service.training.data import DataError
 
 USER_ERRORS = (DataError, WeightsError, ValueError, OSError)
@@ -34,3 +34,14 @@ def one_line_errors(prog: str) -> Callable[[Main], Main]:
         return guarded
 
     return decorate
+
+
+def note_dropped_calibration(prog: str, ckpt: Checkpoint) -> None:
+    """Say so when a tool that changes the model or its prior drops the file's anomaly
+    calibration (model/calibration.py): the score needs ``vae-calibrate`` again."""
+    if "anomaly" in ckpt.metadata:
+        print(
+            f"{prog}: dropped the anomaly calibration (made for the old weights); "
+            "rerun vae-calibrate",
+            flush=True,
+        )

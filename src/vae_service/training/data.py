@@ -117,14 +117,20 @@ def load_image_folder(
 ) -> Dataset:
     """Every image under ``directory`` (recursively), converted and resized; the last
     ``test_fraction`` in sorted order is the test split, so the split is reproducible."""
+    images = read_image_folder(directory, size, channels)
+    n = len(images)
+    n_test = max(1, int(n * test_fraction)) if n > 1 else 0
+    train, test = images[: n - n_test], images[n - n_test :]
+    return Dataset(f"folder:{directory.name}", Split(train), Split(test if n_test else train))
+
+
+def read_image_folder(directory: Path, size: int, channels: int) -> Tensor:
+    """Every image under ``directory`` (recursively) in sorted order, converted and resized."""
     files = sorted(p for p in directory.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{directory}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
     arrays = [_read_image(p, size, channels) for p in files]
-    images = torch.from_numpy(np.stack(arrays)).float().div_(255)
-    n_test = max(1, int(len(files) * test_fraction)) if len(files) > 1 else 0
-    train, test = images[: len(files) - n_test], images[len(files) - n_test :]
-    return Dataset(f"folder:{directory.name}", Split(train), Split(test if n_test else train))
+    return torch.from_numpy(np.stack(arrays)).float().div_(255)
 
 
 def _read_image(path: Path, size: int, channels: int) -> np.ndarray:

@@ -18,11 +18,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vae_service.model.calibration import without_calibration
 from vae_service.model.device import resolve_device
 from vae_service.model.loss import reconstruction_nll
 from vae_service.model.weights import STORAGE_DTYPES, Checkpoint, load_weights, save_weights
 from vae_service.training import adversarial as A
-from vae_service.training.cli import one_line_errors
+from vae_service.training.cli import note_dropped_calibration, one_line_errors
 from vae_service.training.data import load_dataset
 from vae_service.training.distributed import DistContext
 from vae_service.training.metrics import reconstruction_error
@@ -157,6 +158,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     data = load_dataset(args.data, args.data_dir, cfg.image_size, cfg.channels)
     train, test = data.train.subset(args.limit_train).images, data.test.subset(2000).images
     tuner, history, step = Finetuner(ckpt, args, device), [], 0
+    note_dropped_calibration("vae-finetune", ckpt)
     for epoch in range(args.epochs):
         began = time.perf_counter()
         losses, step = finetune_epoch(tuner, train, epoch, step)
@@ -172,7 +174,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 def save_sharp(args: argparse.Namespace, ckpt: Checkpoint, history: list[dict[str, Any]]) -> None:
     hyper = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     hyper["epochs"] = len(history)
-    meta = {k: v for k, v in ckpt.metadata.items() if k not in ("config", "format_version")}
+    # The decoder changed: a calibration of the source no longer holds.
+    kept, extra, _ = without_calibration(ckpt.metadata, ckpt.extra_tensors)
+    meta = {k: v for k, v in kept.items() if k not in ("config", "format_version")}
     meta["finetune"] = {
         "args": hyper,
         "source_sha256": ckpt.sha256,
@@ -181,7 +185,7 @@ def save_sharp(args: argparse.Namespace, ckpt: Checkpoint, history: list[dict[st
         "torch": torch.__version__,
     }
     meta["storage"] = args.storage
-    save_weights(args.out, ckpt.model.eval(), meta, ckpt.extra_tensors)
+    save_weights(args.out, ckpt.model.eval(), meta, extra)
     ckpt.model.decoder.train()
     print(f"wrote {args.out} (epoch {len(history)})", flush=True)
 

@@ -17,7 +17,7 @@ from vae_service.model.prior import COVARIANCE_TYPES, FittedPrior, fit_to_images
 from vae_service.model.prior_files import attach_prior
 from vae_service.model.vae import VAE
 from vae_service.model.weights import STORAGE_DTYPES, load_weights
-from vae_service.training.cli import one_line_errors
+from vae_service.training.cli import note_dropped_calibration, one_line_errors
 from vae_service.training.data import load_dataset
 
 
@@ -51,6 +51,7 @@ def fit_file(args: argparse.Namespace) -> FittedPrior:
     images = train.subset(args.limit_train).images
     prior = fit_to_images(ckpt.model, images, args.components, args.covariance, args.seed, device)
     attach_prior(args.weights, prior, args.out, args.storage)
+    note_dropped_calibration("vae-fit-prior", ckpt)
     return prior
 
 

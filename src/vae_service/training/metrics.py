@@ -8,23 +8,15 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
-from vae_service.model.loss import (
-    LogPrior,
-    kl_to_prior,
-    log_normal_diag,
-    reconstruction_nll,
-    standard_log_prior,
-)
+from vae_service.model.likelihood import importance_draws, iwae_log_px
+from vae_service.model.loss import LogPrior, kl_to_prior, reconstruction_nll
 from vae_service.model.vae import VAE
 
-# Rows decoded at once by the IWAE estimate (images x samples), which bounds its memory.
-IWAE_DECODE_ROWS = 2048
 # Burda et al. 2016 call a latent unit active when Cov_x(E_q[z_u]) exceeds 0.01.
 ACTIVE_UNIT_THRESHOLD = 0.01
 # Identical images have MSE 0 and infinite PSNR; this floor caps PSNR at 100 dB and keeps
@@ -65,24 +57,6 @@ def evaluate_elbo(
     return {"neg_elbo": recon + kl, "recon": recon, "kl": kl}
 
 
-def _log_weights(
-    model: VAE, x: Tensor, k: int, gen: torch.Generator, log_prior: LogPrior | None
-) -> Tensor:
-    """k x B importance log-weights log p(x|z) + log p(z) − log q(z|x), z ~ q(z|x)."""
-    mean, logvar = model.encode(x)
-    chunk = max(1, IWAE_DECODE_ROWS // len(x))
-    parts = []
-    for start in range(0, k, chunk):
-        n = min(chunk, k - start)
-        z = model.reparameterize(mean.expand(n, *mean.shape), logvar.expand(n, *mean.shape), gen)
-        logits = model.decode_logits(z.flatten(0, 1))
-        x_rep = x.expand(n, *x.shape).flatten(0, 1)
-        log_px = -reconstruction_nll(logits, x_rep, model.cfg).view(n, len(x))
-        log_pz = (log_prior or standard_log_prior)(z)
-        parts.append(log_px + log_pz - log_normal_diag(z, mean, logvar))
-    return torch.cat(parts)
-
-
 @torch.inference_mode()
 def iwae_nll(
     model: VAE,
@@ -103,9 +77,8 @@ def iwae_nll(
     gen = _generator(seed, device)
     total = 0.0
     for x in _batches(images, batch_size, device):
-        log_w = _log_weights(model, x, k, gen, log_prior).double()
-        log_px = torch.logsumexp(log_w, dim=0) - math.log(k)
-        total -= float(log_px.sum())
+        log_w = importance_draws(model, x, k, gen, log_prior).log_weights
+        total -= float(iwae_log_px(log_w).sum())
     return total / len(images)
 
 

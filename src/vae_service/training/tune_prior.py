@@ -32,7 +32,7 @@ from vae_service.model.prior import FittedPrior, fit_prior, mixture
 from vae_service.model.prior_files import rewrite_with_prior
 from vae_service.model.vae import VAE
 from vae_service.model.weights import STORAGE_DTYPES, load_weights
-from vae_service.training.cli import one_line_errors
+from vae_service.training.cli import note_dropped_calibration, one_line_errors
 from vae_service.training.data import load_dataset
 from vae_service.training.metrics import evaluate_elbo
 
@@ -171,6 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rewrite_with_prior(
         ckpt, model.cpu().eval(), prior, args.out, args.storage, {"prior_tuning": summary}
     )
+    note_dropped_calibration("vae-tune-prior", ckpt)
     return summary
 
 
