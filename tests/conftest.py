@@ -98,10 +98,14 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
 
 @pytest.fixture
 def idx_dir(tmp_path: Path) -> Path:
+    return write_idx_dir(tmp_path)
+
+
+def write_idx_dir(parent: Path) -> Path:
     """A tiny Fashion-MNIST-like IDX directory: 64 train and 32 test 28 x 28 images,
     the train files gzipped as in the Debian package, the test files plain."""
     rng = np.random.default_rng(0)
-    directory = tmp_path / "idx"
+    directory = parent / "idx"
     directory.mkdir()
     for split, n, suffix in (("train", 64, ".gz"), ("t10k", 32, "")):
         _write_idx(

@@ -219,6 +219,12 @@ def test_sample_is_refused_naming_the_family(client: TestClient) -> None:
     refused(client.get("/models/tiny/sample"), 422, "diffusers AutoencoderTiny")
 
 
+def test_score_is_refused_naming_the_family(client: TestClient) -> None:
+    body = as_body(pixels())
+    r = client.post("/models/tiny/score", content=body, headers={"content-type": NPY})
+    refused(r, 422, "diffusers AutoencoderTiny")
+
+
 def test_decode_wrong_latent_shape(client: TestClient) -> None:
     refused(client.post("/models/sd/decode", json={"z": latents()[0].tolist()}), 422, "N x C")
 

@@ -216,3 +216,36 @@ def test_api_key_from_the_key_field(
     expect(status(page, "ready")).to_have_text("ready")
     assert page.evaluate("sessionStorage.length") == 1
     assert page.evaluate("localStorage.length") == 0  # never beyond the session
+
+
+def test_score_panel_shows_score_p_value_flag_and_parts(
+    servers: dict[str, Server], open_page: Callable[..., Watched], tmp_path: Path
+) -> None:
+    watched = open_page(servers["bundled"])
+    page = watched.page
+    verdict = page.get_by_test_id("score-verdict")
+    page.get_by_test_id("score-source").select_option(label="Sneaker")
+    page.get_by_test_id("score-button").click()
+    expect(verdict).to_contain_text("Sneaker: score ")
+    expect(verdict).to_contain_text("in distribution at a 1% false-positive rate")
+    assert verdict.get_attribute("data-anomalous") == "false"
+    parts = page.get_by_test_id("score-parts").locator("tr")
+    names = [parts.nth(i).get_attribute("data-part") for i in range(parts.count())]
+    assert {"neg_elbo_nats", "bits_per_dim", "iwae_nats", "kl_nats"} <= set(names)
+    expect(page.get_by_test_id("score-parts").locator("caption")).to_contain_text("dose score")
+    assert loaded_images(page, "score-input")[0]["width"] == 28
+
+    page.get_by_test_id("score-source").select_option("noise")  # made in the page
+    page.get_by_test_id("score-k").fill("4")
+    page.get_by_test_id("score-button").click()
+    expect(verdict).to_contain_text("uniform noise: score ")
+    expect(verdict).to_have_attribute("data-anomalous", "true")
+    expect(verdict).to_contain_text("anomalous at a 1% false-positive rate")
+    expect(page.get_by_test_id("score-parts").locator("caption")).to_contain_text("k = 4")
+
+    watched.expect_http_errors(400)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    page.get_by_test_id("score-file").set_input_files(notes)
+    page.get_by_test_id("score-button").click()
+    expect(panel_error(page, "score-panel")).to_contain_text("HTTP 400")

@@ -144,7 +144,11 @@ class VAEClient(_Bound):
         return self.send(decode_call(z, as_array))
 
     def score(
-        self, images: Images, k: int | None = None, fpr: float | None = None, multipart: bool = False
+        self,
+        images: Images,
+        k: int | None = None,
+        fpr: float | None = None,
+        multipart: bool = False,
     ) -> dict[str, Any]:
         """/score's answer: per image its anomaly score, p-value and flag at ``fpr``, and
         the parts (docs/anomaly.md); ``k`` importance samples for the IWAE part."""
@@ -248,7 +252,11 @@ class AsyncVAEClient(_Bound):
         return await self.send(decode_call(z, as_array))
 
     async def score(
-        self, images: Images, k: int | None = None, fpr: float | None = None, multipart: bool = False
+        self,
+        images: Images,
+        k: int | None = None,
+        fpr: float | None = None,
+        multipart: bool = False,
     ) -> dict[str, Any]:
         return await self.send(score_call(images, k, fpr, multipart))
 

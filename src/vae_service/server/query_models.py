@@ -72,10 +72,12 @@ class SampleQuery(QueryModel):
 
 
 class ScoreQuery(QueryModel):
-    k: int = Field(
-        DEFAULT_IWAE_SAMPLES,
+    k: int | None = Field(
+        None,
         ge=1,
-        description="Importance samples of the IWAE bound (Burda et al. 2016) in the parts",
+        description="Importance samples of the IWAE bound (Burda et al. 2016) in the parts; "
+        f"default: the calibration's k, else {DEFAULT_IWAE_SAMPLES}. The score of a calibrated "
+        "model is always computed at its calibration's k",
         json_schema_extra=live(maximum="max_score_samples"),
     )
     fpr: float = Field(

@@ -20,7 +20,13 @@ import torch
 from torch import Tensor
 
 from vae_service.model import VAE, Checkpoint, VAEConfig, load_weights
-from vae_service.model.anomaly import AnomalyScores, Calibration, image_statistics, score_images
+from vae_service.model.anomaly import (
+    DEFAULT_IWAE_SAMPLES,
+    AnomalyScores,
+    Calibration,
+    image_statistics,
+    score_images,
+)
 from vae_service.model.device import resolve_device
 from vae_service.model.prior import FittedPrior
 from vae_service.server.backends import Backend, TorchBackend
@@ -176,6 +182,9 @@ class ModelRuntime:
         self.device = next(self.model.parameters()).device
         self._scorer = self.calibration.to(self.device) if self.calibration else None
         self.score_parts: tuple[str, ...] = ()  # the parts' names, known from the warm-up
+        # /score's k when a request names none: the calibration's, within the limit.
+        own_k = self.calibration.k if self.calibration else DEFAULT_IWAE_SAMPLES
+        self.default_score_k = min(own_k, batching.max_score_samples)
         cuda = self.device.type == "cuda"
         self.half = HALF.get(batching.precision) if cuda else None
         self.ready = False
@@ -186,7 +195,9 @@ class ModelRuntime:
         }
         # One operation per k: a batch stacks only requests that asked for the same k.
         for k in range(1, batching.max_score_samples + 1):
-            operations[score_operation(k)] = Operation(partial(self._score_batch, k), cfg.image_shape)
+            operations[score_operation(k)] = Operation(
+                partial(self._score_batch, k), cfg.image_shape
+            )
         self.batcher = batching.batcher(operations)
 
     @property

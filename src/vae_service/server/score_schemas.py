@@ -33,12 +33,11 @@ class ScoreResponse(BaseModel):
     score_kind: str = Field(description="Which score this is (docs/anomaly.md)")
     fpr: float = Field(description="The false-positive rate the flags are set at")
     threshold: float | None = Field(
-        description="The score above which an image is flagged at fpr; null if uncalibrated"
+        description="The score above which an image is flagged at fpr; null if uncalibrated, "
+        "or if the calibration holds too few images to flag anything at that rate"
     )
     k: int = Field(description="Importance samples of the IWAE bound")
-    note: str | None = Field(
-        None, description="Why p_value and anomalous are null, when they are"
-    )
+    note: str | None = Field(None, description="Why p_value and anomalous are null, when they are")
     calibration: dict[str, Any] | None = Field(
         None, description="How the model was calibrated (vae-calibrate); null if it was not"
     )

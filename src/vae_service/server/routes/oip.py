@@ -18,7 +18,6 @@ import torch
 from fastapi import APIRouter, Depends, Request, Response
 from torch import Tensor
 
-from vae_service.model.anomaly import DEFAULT_IWAE_SAMPLES
 from vae_service.server.oip.parsing import (
     InferRequest,
     InputTensor,
@@ -167,8 +166,12 @@ async def encode(
 
 async def scored(served: Served, images: Tensor) -> dict[str, Tensor]:
     """The encoder's score outputs, as /score gives them at its default k."""
-    scores = await served.wait(served.runtime.score(images, DEFAULT_IWAE_SAMPLES))
-    return {"score": scores.score, **({} if scores.p_value is None else {"p_value": scores.p_value})}
+    runtime = served.runtime
+    scores = await served.wait(runtime.score(images, runtime.default_score_k))
+    return {
+        "score": scores.score,
+        **({} if scores.p_value is None else {"p_value": scores.p_value}),
+    }
 
 
 async def encoder_images(served: Served, tensor: InputTensor, spec: TensorSpec) -> Tensor:

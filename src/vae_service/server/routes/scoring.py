@@ -4,11 +4,17 @@ computed on the model's batcher, so concurrent requests share forward passes."""
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from vae_service.model.anomaly import AnomalyScores, Calibration, anomalous, score_kind
+from vae_service.model.anomaly import (
+    AnomalyScores,
+    Calibration,
+    anomalous,
+    score_kind,
+)
 from vae_service.server.api_docs import error_responses
 from vae_service.server.query_models import ScoreQuery
 from vae_service.server.routes.inference import IMAGE_BODY
@@ -32,18 +38,20 @@ async def score(
     against held-out in-distribution images, the flag at ?fpr=, and the statistics it
     is made of. An uncalibrated model answers the score and its parts only."""
     runtime = model.runtime  # 422 for a diffusers model: it has no likelihood to score
-    check_limit(query.k, model.settings.max_score_samples, "k", "max_score_samples")
+    if query.k is not None:
+        check_limit(query.k, model.settings.max_score_samples, "k", "max_score_samples")
+    k = query.k or runtime.default_score_k
     images = await model.api.images(request, model.settings)
-    scores = await model.wait(runtime.score(images, query.k))
+    scores = await model.wait(runtime.score(images, k))
     response.headers.update(model.headers)
-    return score_response(scores, runtime.calibration, query)
+    return score_response(scores, runtime.calibration, k, query.fpr)
 
 
 def score_response(
-    scores: AnomalyScores, calibration: Calibration | None, query: ScoreQuery
+    scores: AnomalyScores, calibration: Calibration | None, k: int, fpr: float
 ) -> ScoreResponse:
     p_values = scores.p_value.tolist() if scores.p_value is not None else None
-    flags = anomalous(scores.p_value, query.fpr).tolist() if scores.p_value is not None else None
+    flags = anomalous(scores.p_value, fpr).tolist() if scores.p_value is not None else None
     parts = {name: values.tolist() for name, values in scores.parts.items()}
     rows = [
         ImageScore(
@@ -57,13 +65,18 @@ def score_response(
     return ScoreResponse(
         calibrated=calibration is not None,
         score_kind=score_kind(calibration),
-        fpr=query.fpr,
-        threshold=calibration.threshold(query.fpr) if calibration else None,
-        k=query.k,
+        fpr=fpr,
+        threshold=finite_or_none(calibration.threshold(fpr)) if calibration else None,
+        k=k,
         note=None if calibration else UNCALIBRATED,
         calibration=calibration.describe() if calibration else None,
         scores=rows,
     )
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON has no infinities: no threshold (too few calibration images for the rate)."""
+    return value if math.isfinite(value) else None
 
 
 def score_router(prefix: str = "") -> APIRouter:
