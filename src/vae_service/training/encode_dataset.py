@@ -13,10 +13,13 @@ that cannot be read or decoded are listed in ``DST/_errors.jsonl`` with the reas
 the run goes on. A rerun skips the shards already written. The same input and model
 give the same bytes.
 
-Locally (the default) it runs in this process, in batches of ``--batch-size``, with
-torch on every usable core or the GPU, and the next batch's images decoded on a second
-thread meanwhile. ``--ray [ADDRESS]`` runs the same chunks on Ray Data (the ``ray``
-extra): a pool of ``--ray-concurrency`` actors, each loading the model once.
+Locally (the default) it runs in this process, in batches of ``--batch-size``, on the
+GPU when there is one, and the next batch's images are decoded on a second thread
+meanwhile: every usable CPU works, torch on all but one (as vae-serve, whose event loop
+decodes: torch's threads that wait on each other's time slices ran 5-30 times slower
+on 2 busy cores, server/runtime.py's torch_threads). ``--ray [ADDRESS]`` runs the same
+chunks on Ray Data (the ``ray`` extra): a pool of ``--ray-concurrency`` actors, each
+loading the model once.
 
 Exit status: 0 when every shard is written (even with images in the errors file); 2 for
 a user's mistake, in one line on stderr: an input with no images, a model that cannot
@@ -38,7 +41,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from vae_service.server.cpus import usable_cpus
+from vae_service.server.runtime import torch_threads
 from vae_service.training.bulk_chunks import Chunk, Plan, encode_prepared, prepare_chunk, schema
 from vae_service.training.bulk_models import DEFAULT_MAX_PIXELS, BulkModel, ModelSpec
 from vae_service.training.bulk_shards import ShardOutput
@@ -63,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-column", default="image", help="Parquet input: the images' column")
     p.add_argument("--scale", action="store_true", help="diffusers: apply the model's scaling")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: every usable CPU)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: usable CPUs - 1)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="per image")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
@@ -132,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     source = open_source(args.src, args.id_column, args.image_column)
     if not source.ids:
         raise DataError(f"{args.src} holds no images (suffixes: .png, .jpg, ...); nothing to do")
-    torch.set_num_threads(args.threads or usable_cpus())
+    torch.set_num_threads(torch_threads(args.threads))
     spec = ModelSpec(args.model, args.device, args.scale, args.max_pixels)
     model = spec.load()
     plan = Plan(len(source.ids), args.shard_size, args.batch_size)
