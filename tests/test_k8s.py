@@ -30,6 +30,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.k8s_rayjob import RAY_JOB, rayjob_pods
 from vae_service.server.model_entries import NAME, SUFFIX
 from vae_service.server.settings import Settings, env_name
 
@@ -44,6 +45,7 @@ KUSTOMIZATIONS = {
     "cpu": K8S / "overlays" / "cpu",
     "gpu": K8S / "overlays" / "gpu",
     "jobs": K8S / "jobs",
+    "ray": K8S / "ray",
     "kserve": KSERVE,
 }
 COMPONENTS = [K8S / "components" / "prometheus-operator", K8S / "components" / "queue-depth-hpa"]
@@ -151,6 +153,9 @@ def pods(rendered: dict[str, list[Doc]]) -> Iterator[tuple[str, Doc]]:
             yield f"{where}/{doc['kind']}", doc["spec"]["template"]["spec"]
         elif doc["kind"] == "InferenceService":
             yield f"{where}/InferenceService", predictor_pod_spec(doc)
+        elif doc["kind"] == "RayJob":
+            for name, spec in rayjob_pods(doc):
+                yield f"{where}/RayJob/{name}", spec
 
 
 def containers(pod: Doc) -> list[Doc]:
@@ -219,6 +224,7 @@ def test_every_kustomization_renders(rendered: dict[str, list[Doc]]) -> None:
     assert "ServiceMonitor" in kinds["cpu+components"]
     assert "Job" in kinds["jobs"]
     assert "InferenceService" in kinds["kserve"]
+    assert "RayJob" in kinds["ray"]
     for where, doc in all_docs(rendered):
         namespace = doc["metadata"]["name" if doc["kind"] == "Namespace" else "namespace"]
         assert namespace == "vae", f"{where}: {doc['kind']} {doc['metadata']['name']}"
@@ -352,7 +358,21 @@ INFERENCE_SERVICE = {
         },
     },
 }
-CUSTOM_SCHEMAS = {"ServiceMonitor": SERVICE_MONITOR, "InferenceService": INFERENCE_SERVICE}
+CUSTOM_SCHEMAS = {
+    "ServiceMonitor": SERVICE_MONITOR,
+    "InferenceService": INFERENCE_SERVICE,
+    "RayJob": RAY_JOB,
+}
+
+
+def embedded_pods(doc: Doc) -> list[Doc]:
+    """The PodSpecs inside a custom kind, each as a core Pod."""
+    if doc["kind"] == "InferenceService":
+        specs = [predictor_pod_spec(doc)]
+    else:
+        specs = [spec for _, spec in rayjob_pods(doc)] if doc["kind"] == "RayJob" else []
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": doc["metadata"]["name"]}}
+    return [{**pod, "spec": spec} for spec in specs]
 
 
 def validate_core(doc: Doc, version: str) -> None:
@@ -374,13 +394,7 @@ def test_every_object_validates_against_the_schemas(
     for _where, doc in all_docs(rendered):
         if doc["kind"] in CUSTOM_SCHEMAS:
             jsonschema.validate(doc, CUSTOM_SCHEMAS[doc["kind"]])
-            if doc["kind"] == "InferenceService":  # the pod inside, as a core Pod
-                pod = {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {"name": doc["metadata"]["name"]},
-                    "spec": predictor_pod_spec(doc),
-                }
+            for pod in embedded_pods(doc):  # the pods inside, as core Pods
                 validate_core(pod, version)
         else:
             validate_core(doc, version)  # SchemaNotFoundError for a kind it does not know

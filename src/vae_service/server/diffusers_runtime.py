@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -43,6 +44,15 @@ def load_folder(folder: Path, device: str, precision: str = "fp32") -> Diffusers
     except ValueError as exc:
         raise DeviceError(str(exc)) from None
     return load_diffusers(folder, target, HALF.get(precision) if target.type == "cuda" else None)
+
+
+def encode_pass(model: Any, images: Tensor) -> Outputs:
+    """One encoder pass: (mean, logvar) of q(z|x) for AutoencoderKL, (latents,) for
+    AutoencoderTiny; unscaled (also vae-encode-dataset's)."""
+    encoded = model.encode(images)
+    if hasattr(encoded, "latent_dist"):
+        return encoded.latent_dist.mean, encoded.latent_dist.logvar
+    return (encoded.latents,)
 
 
 class DiffusersRuntime:
@@ -179,10 +189,7 @@ class DiffusersRuntime:
         return self._forward(self._decode, z)
 
     def _encode(self, images: Tensor) -> Outputs:
-        encoded = self.model.encode(images)
-        if self.has_posterior:
-            return encoded.latent_dist.mean, encoded.latent_dist.logvar
-        return (encoded.latents,)
+        return encode_pass(self.model, images)
 
     def _decode(self, z: Tensor) -> Outputs:
         return (self.model.decode(z).sample,)

@@ -120,6 +120,12 @@ def scaling_of(query: RemoteQuery, space: LatentSpace) -> Scaling | None:
     given = plain_scaling(query)
     if given is not None or not query.do_scaling:
         return given
+    return model_scaling(space)
+
+
+def model_scaling(space: LatentSpace) -> Scaling:
+    """The model's own normalisation, as its pipelines apply it (also vae-encode-dataset's
+    --scale)."""
     if space.latents_mean is not None and space.latents_std is not None:  # as SDXL pipelines
         std = torch.tensor(space.latents_std).view(1, -1, 1, 1)
         return Scaling(
