@@ -237,6 +237,7 @@ def test_models_lists_every_model_and_its_version(shelf_client: TestClient, shel
             "latent_shape": [6 if name == "wide" else 4],
             "downsampling": None,
             "dtype": "float32",
+            "calibrated": False,
         }
 
 
