@@ -21,8 +21,8 @@ import torch
 from benchmarks import servers, workloads
 from vae_service.model import load_weights
 from vae_service.model.anomaly import Calibration, score_images
-from vae_service.model.prior import FittedPrior
 from vae_service.model.pretrained import DEFAULT_WEIGHTS
+from vae_service.model.prior import FittedPrior
 
 NPY = {"content-type": "application/x-npy"}
 Work = Callable[[], None]
