@@ -6,7 +6,6 @@ from fastapi import APIRouter
 from vae_service.server.routes import models, oip, ops, playground
 from vae_service.server.routes.inference import model_router
 from vae_service.server.routes.remote import remote_router
-from vae_service.server.routes.scoring import score_router
 from vae_service.server.serving import PER_MODEL
 
 
@@ -14,10 +13,8 @@ def all_routers() -> tuple[APIRouter, ...]:
     return (
         ops.router,
         model_router(),
-        score_router(),
         models.router,
         model_router(PER_MODEL),
-        score_router(PER_MODEL),
         remote_router(),
         remote_router(PER_MODEL),
         oip.router,

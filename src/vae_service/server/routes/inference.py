@@ -43,6 +43,7 @@ from vae_service.server.request_bodies import (
     multipart_blobs,
     unsupported,
 )
+from vae_service.server.routes import scoring
 from vae_service.server.runtime import ModelRuntime, Posterior, draw_posterior, line_between
 from vae_service.server.schemas import (
     DecodeRequest,
@@ -56,6 +57,7 @@ from vae_service.server.schemas import (
     PriorName,
     SampleResponse,
 )
+from vae_service.server.score_schemas import ScoreResponse
 from vae_service.server.serving import PER_MODEL, Served, ServedModel, leased, model_path
 from vae_service.server.validation import check_limit
 
@@ -291,4 +293,7 @@ def model_router(prefix: str = "") -> APIRouter:
         response_model=SampleResponse,
         responses={**PNG_RESPONSE, **error_responses(401, 422, 503, 504)},
     )(leased(sample))
+    router.post(
+        "/score", response_model=ScoreResponse, responses=image_errors, openapi_extra=IMAGE_BODY
+    )(leased(scoring.score))
     return router

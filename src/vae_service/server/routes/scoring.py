@@ -1,13 +1,14 @@
 """POST /score, and /models/{model}/score: how unlike its training data each image is
 to a model (docs/anomaly.md). The images come in as for /encode; the scores are
-computed on the model's batcher, so concurrent requests share forward passes."""
+computed on the model's batcher, so concurrent requests share forward passes. The route
+is one of the model routes (routes/inference.py's model_router)."""
 
 from __future__ import annotations
 
 import math
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import Query, Request, Response
 
 from vae_service.model.anomaly import (
     AnomalyScores,
@@ -15,11 +16,9 @@ from vae_service.model.anomaly import (
     anomalous,
     score_kind,
 )
-from vae_service.server.api_docs import error_responses
 from vae_service.server.query_models import ScoreQuery
-from vae_service.server.routes.inference import IMAGE_BODY
 from vae_service.server.score_schemas import ImageScore, ScoreResponse
-from vae_service.server.serving import PER_MODEL, ServedModel, leased, model_path
+from vae_service.server.serving import ServedModel
 from vae_service.server.validation import check_limit
 
 UNCALIBRATED = (
@@ -77,21 +76,3 @@ def score_response(
 def finite_or_none(value: float) -> float | None:
     """JSON has no infinities: no threshold (too few calibration images for the rate)."""
     return value if math.isfinite(value) else None
-
-
-def score_router(prefix: str = "") -> APIRouter:
-    """/score under ``prefix``: "" for the default model, or PER_MODEL."""
-    per_model = prefix == PER_MODEL
-    router = APIRouter(
-        prefix=prefix,
-        tags=["model"],
-        dependencies=[Depends(model_path)] if per_model else [],
-        responses=error_responses(404) if per_model else {},
-    )
-    router.post(
-        "/score",
-        response_model=ScoreResponse,
-        responses=error_responses(400, 401, 413, 415, 422, 503, 504),
-        openapi_extra=IMAGE_BODY,
-    )(leased(score))
-    return router
