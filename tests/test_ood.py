@@ -70,7 +70,7 @@ def test_vae_eval_ood_reports_every_set_side_by_side(
     assert tuple(report["sets"]) == OOD_SETS
     for name, row in report["sets"].items():
         assert row["n"] == 8 and (row["target"] is None) == (name in TARGETLESS)
-        for figures in (row["score"], row["neg_elbo"]):
+        for figures in (row["score"], row["neg_elbo"], row["complexity_corrected"]):
             assert set(figures) == {"auroc", "aupr", "fpr_at_95_tpr"}
             assert all(0 <= v <= 1 for v in figures.values())
 
@@ -81,7 +81,12 @@ def test_the_ood_table_in_text(
     flags = ["--limit-test", "4", "--iwae-k", "2", "--ood", "--ood-limit", "4"]
     assert evaluate.main([str(calibrated), "--data-dir", str(idx_dir), *flags]) == 0
     out = capsys.readouterr().out
-    assert "dose AUROC" in out and "-ELBO AUROC" in out and "none (reported only)" in out
+    assert (
+        "dose AUROC" in out
+        and "-ELBO AUROC" in out
+        and "S(x) AUROC" in out
+        and "none (reported only)" in out
+    )
     assert "flagged at nominal 1%" in out
 
 
