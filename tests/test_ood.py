@@ -70,6 +70,7 @@ def test_vae_eval_ood_reports_every_set_side_by_side(
     assert tuple(report["sets"]) == OOD_SETS
     for name, row in report["sets"].items():
         assert row["n"] == 8 and (row["target"] is None) == (name in TARGETLESS)
+        assert 0 <= row["flagged"] <= 1
         for figures in (row["score"], row["neg_elbo"], row["complexity_corrected"]):
             assert set(figures) == {"auroc", "aupr", "fpr_at_95_tpr"}
             assert all(0 <= v <= 1 for v in figures.values())
@@ -95,6 +96,7 @@ def test_an_uncalibrated_model_is_scored_without_a_flag_rate(
 ) -> None:
     report = run_ood(tiny_weights, idx_dir, capsys)
     assert report["score"] == "complexity-corrected" and report["flag_rate"] is None
+    assert all(row["flagged"] is None for row in report["sets"].values())
 
 
 def test_a_bad_ood_limit_exits_2(tiny_weights: Path) -> None:

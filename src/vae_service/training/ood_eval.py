@@ -66,10 +66,11 @@ def evaluate_ood(
     return report
 
 
-def _flag_rate(calibration: Calibration | None, inside: dict[str, Tensor]) -> float | None:
+def _flag_rate(calibration: Calibration | None, stats: dict[str, Tensor]) -> float | None:
+    """Share of the images flagged at the default rate (None uncalibrated)."""
     if calibration is None:
         return None
-    return flag_rate(calibration.p_values(chosen_scores(calibration, inside)), DEFAULT_FPR)
+    return flag_rate(calibration.p_values(chosen_scores(calibration, stats)), DEFAULT_FPR)
 
 
 def _one_set(
@@ -78,30 +79,39 @@ def _one_set(
     outside: dict[str, Tensor],
     name: str,
 ) -> dict[str, Any]:
+    scores = chosen_scores(calibration, outside)
     return {
         "n": len(outside["neg_elbo_nats"]),
         "target": None if name in TARGETLESS else AUROC_TARGET,
-        "score": detection(chosen_scores(calibration, inside), chosen_scores(calibration, outside)),
+        "flagged": _flag_rate(calibration, outside),
+        "score": detection(chosen_scores(calibration, inside), scores),
         "neg_elbo": detection(inside[ELBO], outside[ELBO]),
         "complexity_corrected": detection(inside[CORRECTED], outside[CORRECTED]),
     }
 
 
 def format_ood(report: dict[str, Any]) -> str:
-    """The table ``vae-eval --ood`` prints; S(x): Serrà et al.'s complexity-corrected score."""
+    """The table ``vae-eval --ood`` prints. flagged: the share of the set flagged at the
+    default false-positive rate; S(x): Serrà et al.'s complexity-corrected score."""
     head = f"{'OOD set':16} {'n':>5}  {report['score'] + ' AUROC':>18} {'AUPR':>6} {'FPR95':>6}"
-    head += f"  | {'-ELBO AUROC':>11} {'AUPR':>6} {'FPR95':>6}  | {'S(x) AUROC':>10}  target"
+    head += f" {'flagged':>7}  | {'-ELBO AUROC':>11} {'AUPR':>6} {'FPR95':>6}  | "
+    head += f"{'S(x) AUROC':>10}  target"
     lines = [head]
     for name, row in report["sets"].items():
         s, e = row["score"], row["neg_elbo"]
         lines.append(
             f"{name:16} {row['n']:>5}  {s['auroc']:>18.3f} {s['aupr']:>6.3f} "
-            f"{s['fpr_at_95_tpr']:>6.3f}  | {e['auroc']:>11.3f} {e['aupr']:>6.3f} "
+            f"{s['fpr_at_95_tpr']:>6.3f} {_percent(row['flagged']):>7}  | {e['auroc']:>11.3f} "
+            f"{e['aupr']:>6.3f} "
             f"{e['fpr_at_95_tpr']:>6.3f}  | {row['complexity_corrected']['auroc']:>10.3f}  "
             f"{_verdict(row)}"
         )
     lines.append(_flag_line(report))
     return "\n".join(lines)
+
+
+def _percent(share: float | None) -> str:
+    return "-" if share is None else f"{share:.1%}"
 
 
 def _verdict(row: dict[str, Any]) -> str:
