@@ -99,15 +99,18 @@ def test_an_empty_folder_exits_2_with_one_line(tmp_path: Path, tiny_weights: Pat
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("broken", ["missing", "truncated", "not-a-vae-folder"])
+@pytest.mark.parametrize("broken", ["missing", "truncated", "not-a-vae-folder", "other-class"])
 def test_a_model_that_fails_to_load_exits_2_with_one_line(tmp_path, tiny_weights, capsys, broken):
     src = image_folder(tmp_path / "src", n=2)
     model = tmp_path / "model.safetensors"
     if broken == "truncated":
         model.write_bytes(tiny_weights.read_bytes()[:100])
-    elif broken == "not-a-vae-folder":
+    elif broken in ("not-a-vae-folder", "other-class"):
         model = tmp_path / "folder"
         model.mkdir()
+    if broken == "other-class":  # a diffusers folder of a class that is no VAE
+        (model / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+        (model / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     assert encode(src, tmp_path / "out", model) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith(

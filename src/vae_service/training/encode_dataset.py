@@ -77,8 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    if min(args.shard_size, args.batch_size, args.max_pixels) < 1 or args.threads < 0:
-        raise ValueError("--shard-size, --batch-size and --max-pixels must be >= 1")
+    sizes = (args.shard_size, args.batch_size, args.max_pixels, args.ray_concurrency or 1)
+    if min(sizes) < 1 or args.threads < 0:
+        raise ValueError(
+            "--shard-size, --batch-size, --max-pixels and --ray-concurrency must be >= 1"
+        )
     try:
         import pyarrow  # noqa: F401
     except ImportError:
