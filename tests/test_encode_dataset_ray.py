@@ -20,7 +20,8 @@ ray = pytest.importorskip("ray")
 def local_ray() -> Iterator[None]:
     # The workers import vae_service from this checkout, as the test process does.
     src = str(Path(__file__).resolve().parents[1] / "src")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, before]))
     ray.init(
         num_cpus=2,
         object_store_memory=100 * 1024 * 1024,
@@ -30,6 +31,10 @@ def local_ray() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before
 
 
 def test_ray_gives_the_local_runs_rows_and_bytes(tmp_path: Path, local_ray: None) -> None:
