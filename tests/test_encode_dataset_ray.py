@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bulk_inputs import BUNDLED, encode, image_folder, rows, shard_bytes
+from tests.bulk_inputs import BUNDLED, encode, image_folder, pq, rows, shard_bytes
 
 ray = pytest.importorskip("ray")
 
@@ -20,7 +20,8 @@ ray = pytest.importorskip("ray")
 def local_ray() -> Iterator[None]:
     # The workers import vae_service from this checkout, as the test process does.
     src = str(Path(__file__).resolve().parents[1] / "src")
-    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [src, before]))
     ray.init(
         num_cpus=2,
         object_store_memory=100 * 1024 * 1024,
@@ -30,6 +31,10 @@ def local_ray() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+    if before is None:
+        del os.environ["PYTHONPATH"]
+    else:
+        os.environ["PYTHONPATH"] = before
 
 
 def test_ray_gives_the_local_runs_rows_and_bytes(tmp_path: Path, local_ray: None) -> None:
@@ -63,6 +68,19 @@ def test_ray_writes_a_corrupt_image_to_the_errors_file(tmp_path: Path, local_ray
     assert len(ids) == 8 and error["id"] not in ids
     assert encode(src, tmp_path / "local", BUNDLED) == 0
     assert shard_bytes(tmp_path / "local") == shard_bytes(tmp_path / "out")
+
+
+def test_ray_reads_parquet_input_as_the_local_run(tmp_path: Path, local_ray: None) -> None:
+    import pyarrow as pa
+
+    src = image_folder(tmp_path / "src", n=7)
+    blobs = [p.read_bytes() for p in sorted(src.rglob("*.png"))]
+    table = pa.table({"id": [f"k{i}" for i in range(7)], "image": blobs})
+    pq.write_table(table, tmp_path / "in.parquet", row_group_size=2)
+    assert encode(tmp_path / "in.parquet", tmp_path / "local", BUNDLED) == 0
+    assert encode(tmp_path / "in.parquet", tmp_path / "ray", BUNDLED, "--ray") == 0
+    assert shard_bytes(tmp_path / "ray") == shard_bytes(tmp_path / "local")
+    assert [r["id"] for r in rows(tmp_path / "ray")] == [f"k{i}" for i in range(7)]
 
 
 def test_ray_with_an_empty_folder_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -78,12 +78,13 @@ def run_ray(
 ) -> Iterator[tuple[Chunk, Any]]:
     """(chunk, table) in the chunks' order, computed by a pool of Ray actors."""
     ray = _ray()
+    if not chunks:  # every shard is there already: no cluster to start
+        return
     started = not ray.is_initialized()
     if started:
         ray.init(address=address or None, log_to_driver=False, logging_level="warning")
     try:
-        if chunks:
-            yield from _mapped(ray, spec, source, chunks, concurrency)
+        yield from _mapped(ray, spec, source, chunks, concurrency)
     finally:
         if started:
             ray.shutdown()

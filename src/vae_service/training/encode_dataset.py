@@ -131,6 +131,20 @@ def _counted(chunks: Iterator[Any], bar: tqdm) -> Iterator[Any]:
         yield chunk, table
 
 
+def _stream(
+    args: argparse.Namespace,
+    spec: ModelSpec,
+    model: BulkModel,
+    source: ImageSource,
+    pending: list[Chunk],
+) -> Iterator[Any]:
+    if args.ray is None:
+        return run_local(model, source, pending)
+    from vae_service.training.bulk_ray import run_ray  # the ray extra's, only when asked
+
+    return run_ray(spec, source, pending, args.ray, args.ray_concurrency)
+
+
 @one_line_errors(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
@@ -145,14 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     output = ShardOutput(args.dst, run_description(model, source, args))
     pending = [c for s in range(plan.shards) if not output.done(s) for c in plan.chunks(s)]
     bar = tqdm(total=sum(c.stop - c.start for c in pending), unit="img", disable=args.no_progress)
-    if args.ray is None:
-        stream = run_local(model, source, pending)
-    else:
-        from vae_service.training.bulk_ray import run_ray
-
-        stream = run_ray(spec, source, pending, args.ray, args.ray_concurrency)
     with bar:
-        written = write_all(output, stream, model, bar)
+        written = write_all(output, _stream(args, spec, model, source, pending), model, bar)
     errors = output.finish(plan.shards)
     print(
         f"{PROG}: {plan.count} images, {plan.shards} shards ({written} written, "
