@@ -59,15 +59,14 @@ def test_k_is_bounded(spread_model: VAE, binary_images: Tensor, k: int) -> None:
         score_images(spread_model, binary_images, None, k=k)
 
 
-def test_uncalibrated_scores_are_complexity_corrected(
+def test_uncalibrated_scores_are_the_iwae_bound_in_bits_per_dim(
     spread_model: VAE, binary_images: Tensor
 ) -> None:
     scores = score_images(spread_model, binary_images, None, k=2)
     assert scores.p_value is None and score_kind(None) == UNCALIBRATED_KIND
-    expected = (
-        scores.parts["iwae_nats"] / (784 * math.log(2)) - complexity_bits(binary_images) / 784
-    )
-    torch.testing.assert_close(scores.score, expected)
+    torch.testing.assert_close(scores.score, scores.parts["iwae_nats"] / (784 * math.log(2)))
+    corrected = scores.score - complexity_bits(binary_images) / 784  # Serrà et al.'s S(x)
+    torch.testing.assert_close(scores.parts["complexity_corrected_bits_per_dim"], corrected)
 
 
 def test_plain_images_are_shorter_than_noise() -> None:

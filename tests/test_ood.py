@@ -95,7 +95,7 @@ def test_an_uncalibrated_model_is_scored_without_a_flag_rate(
     tiny_weights: Path, idx_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = run_ood(tiny_weights, idx_dir, capsys)
-    assert report["score"] == "complexity-corrected" and report["flag_rate"] is None
+    assert report["score"] == "likelihood" and report["flag_rate"] is None
     assert all(row["flagged"] is None for row in report["sets"].values())
 
 

@@ -38,5 +38,5 @@ def complexity_bits(images: Tensor) -> Tensor:
 
 def complexity_corrected(neg_log_px_nats: Tensor, complexity: Tensor, dims: int) -> Tensor:
     """Serrà et al.'s S(x) = −log₂ p(x) − L(x), as bits per dimension; higher is more
-    anomalous. Needs no fitting, so it is the score of an uncalibrated model."""
+    anomalous. Needs no fitting; reported as a part, and in vae-eval --ood for comparison."""
     return bits_per_dim(neg_log_px_nats, dims) - complexity / dims

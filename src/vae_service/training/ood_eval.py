@@ -15,6 +15,7 @@ from torch import Tensor
 
 from vae_service.model.anomaly import (
     DEFAULT_FPR,
+    UNCALIBRATED_PART,
     Calibration,
     batched_statistics,
     score_kind,
@@ -32,9 +33,10 @@ FLAG_RATE_RANGE = (0.005, 0.015)
 
 
 def chosen_scores(calibration: Calibration | None, stats: dict[str, Tensor]) -> Tensor:
-    """The service's score: DoSE when calibrated, complexity-corrected when not."""
+    """The service's score: DoSE when calibrated, the IWAE bound in bits per dimension
+    when not."""
     if calibration is None:
-        return stats["complexity_corrected_bits_per_dim"]
+        return stats[UNCALIBRATED_PART]
     return calibration.score(stats)
 
 
