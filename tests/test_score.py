@@ -17,7 +17,12 @@ from fastapi.testclient import TestClient
 
 from tests.conftest import image_file, settings_for
 from vae_service.model import load_weights, save_weights
-from vae_service.model.anomaly import Calibration, score_images
+from vae_service.model.anomaly import (
+    UNCALIBRATED_KIND,
+    UNCALIBRATED_PART,
+    Calibration,
+    score_images,
+)
 from vae_service.model.prior import FittedPrior
 from vae_service.server.main import create_app
 from vae_service.server.runtime import SCORE_SEED
@@ -133,11 +138,11 @@ def test_an_uncalibrated_model_answers_the_score_and_says_what_it_lacks(
     client: TestClient,
 ) -> None:
     body = scored(client, pixels(2))
-    assert not body["calibrated"] and body["score_kind"] == "complexity-corrected"
+    assert not body["calibrated"] and body["score_kind"] == UNCALIBRATED_KIND
     assert "vae-calibrate" in body["note"] and body["threshold"] is None
     for s in body["scores"]:
         assert s["p_value"] is None and s["anomalous"] is None
-        assert s["score"] == pytest.approx(s["parts"]["complexity_corrected_bits_per_dim"])
+        assert s["score"] == pytest.approx(s["parts"][UNCALIBRATED_PART])
 
 
 def test_models_and_model_say_whether_calibrated(scoring: TestClient, client: TestClient) -> None:
