@@ -148,6 +148,10 @@ def test_screenshot_and_load_figures(
     page.get_by_test_id("traverse-button").click()
     expect(page.get_by_test_id("traversal-row")).to_have_count(5)
     loaded_images(page, "traversal-grid")
+    page.get_by_test_id("score-source").select_option("noise")
+    page.get_by_test_id("score-button").click()
+    expect(page.get_by_test_id("score-verdict")).to_contain_text("uniform noise: score ")
+    loaded_images(page, "score-input")
     status(page, "latency").evaluate("el => { el.textContent = '– ms'; }")  # stable picture
     shot = tmp_path / "playground.png"
     page.screenshot(path=shot, full_page=True)
