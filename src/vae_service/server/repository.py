@@ -175,9 +175,13 @@ class ModelRepository:
             self.settings.onnx_cache_dir,
             torch_threads(self.settings.torch_threads),
         )
-        return await self._warmed_up(
-            name, ModelRuntime(checkpoint, batching(self.settings), backend)
+        # On a worker thread too: reading the anomaly calibration hashes the model's
+        # tensors (17 ms for the bundled model, more for larger ones), which would stall
+        # every request on the event loop during a swap.
+        runtime = await asyncio.to_thread(
+            ModelRuntime, checkpoint, batching(self.settings), backend
         )
+        return await self._warmed_up(name, runtime)
 
     async def _warmed_up(self, name: str, runtime: Runtime) -> Runtime:
         started = time.perf_counter()
