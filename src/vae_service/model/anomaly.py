@@ -39,6 +39,7 @@ __all__ = [
     "image_statistics",
     "score_images",
     "score_kind",
+    "score_of",
 ]
 
 # Importance samples of the IWAE bound: each costs one decode per image.
@@ -112,11 +113,16 @@ def score_images(
     to spare a copy per call."""
     model.eval()
     parts = image_statistics(model, x, k, seed, prior)
-    if calibration is None:
-        return AnomalyScores(parts[UNCALIBRATED_PART], None, parts)
-    calibration = calibration.to(x.device)  # a no-op when it is there already
-    score = calibration.score(parts)
-    return AnomalyScores(score, calibration.p_values(score), parts)
+    if calibration is not None:
+        calibration = calibration.to(x.device)  # a no-op when it is there already
+    score = score_of(parts, calibration)
+    return AnomalyScores(score, calibration.p_values(score) if calibration else None, parts)
+
+
+def score_of(parts: dict[str, Tensor], calibration: Calibration | None) -> Tensor:
+    """The score of images from their parts: DoSE when calibrated, the IWAE bound in bits
+    per dimension when not."""
+    return parts[UNCALIBRATED_PART] if calibration is None else calibration.score(parts)
 
 
 def anomalous(p_value: Tensor, fpr: float) -> Tensor:

@@ -15,10 +15,10 @@ from torch import Tensor
 
 from vae_service.model.anomaly import (
     DEFAULT_FPR,
-    UNCALIBRATED_PART,
     Calibration,
     batched_statistics,
     score_kind,
+    score_of,
 )
 from vae_service.model.prior import FittedPrior
 from vae_service.model.weights import Checkpoint
@@ -30,14 +30,6 @@ ELBO, CORRECTED = "neg_elbo_nats", "complexity_corrected_bits_per_dim"
 # The issue's targets on the default model: AUROC on every set with one, and the flag rate.
 AUROC_TARGET = 0.95
 FLAG_RATE_RANGE = (0.005, 0.015)
-
-
-def chosen_scores(calibration: Calibration | None, stats: dict[str, Tensor]) -> Tensor:
-    """The service's score: DoSE when calibrated, the IWAE bound in bits per dimension
-    when not."""
-    if calibration is None:
-        return stats[UNCALIBRATED_PART]
-    return calibration.score(stats)
 
 
 def evaluate_ood(
@@ -72,7 +64,7 @@ def _flag_rate(calibration: Calibration | None, stats: dict[str, Tensor]) -> flo
     """Share of the images flagged at the default rate (None uncalibrated)."""
     if calibration is None:
         return None
-    return flag_rate(calibration.p_values(chosen_scores(calibration, stats)), DEFAULT_FPR)
+    return flag_rate(calibration.p_values(score_of(stats, calibration)), DEFAULT_FPR)
 
 
 def _one_set(
@@ -81,12 +73,12 @@ def _one_set(
     outside: dict[str, Tensor],
     name: str,
 ) -> dict[str, Any]:
-    scores = chosen_scores(calibration, outside)
+    scores = score_of(outside, calibration)
     return {
         "n": len(outside["neg_elbo_nats"]),
         "target": None if name in TARGETLESS else AUROC_TARGET,
         "flagged": _flag_rate(calibration, outside),
-        "score": detection(chosen_scores(calibration, inside), scores),
+        "score": detection(score_of(inside, calibration), scores),
         "neg_elbo": detection(inside[ELBO], outside[ELBO]),
         "complexity_corrected": detection(inside[CORRECTED], outside[CORRECTED]),
     }
