@@ -115,7 +115,10 @@ def _file_bytes(image: ImageFile) -> bytes:
     return image if isinstance(image, bytes) else Path(image).read_bytes()
 
 
-def _image_body(images: Sequence[ImageFile], multipart: bool) -> dict[str, Any]:
+def _image_body(images: Images, multipart: bool) -> dict[str, Any]:
+    """Images as a request body: an array as one .npy, files as base64 JSON or multipart."""
+    if isinstance(images, np.ndarray):
+        return {"content": npy_bytes(images), "headers": {"content-type": NPY}}
     blobs = [_file_bytes(image) for image in images]
     if multipart:
         return {"files": [("images", (f"image{i}", blob)) for i, blob in enumerate(blobs)]}
@@ -192,12 +195,10 @@ def encode_call(
     seed: int | None = None,
     multipart: bool = False,
 ) -> Call[Encoding]:
-    params = _draw_params(sample, seed)
+    params, body = _draw_params(sample, seed), _image_body(images, multipart)
     if isinstance(images, np.ndarray):
-        body = {"content": npy_bytes(images), "headers": {"content-type": NPY}}
         params["format"] = "npy"
         return Call("POST", "/encode", _npy_encoding, params, body, per_model=True)
-    body = _image_body(images, multipart)
     return Call("POST", "/encode", _json_encoding, params, body, per_model=True)
 
 
@@ -209,10 +210,9 @@ def decode_call(z: Latents, as_array: bool) -> Call[Decoded]:
 
 
 def reconstruct_call(images: Images, multipart: bool) -> Call[Decoded]:
-    if isinstance(images, np.ndarray):
-        body = {"content": npy_bytes(images), "headers": {"content-type": NPY}}
-        return Call("POST", "/reconstruct", _npy_decoded, {"format": "npy"}, body, per_model=True)
     body = _image_body(images, multipart)
+    if isinstance(images, np.ndarray):
+        return Call("POST", "/reconstruct", _npy_decoded, {"format": "npy"}, body, per_model=True)
     return Call("POST", "/reconstruct", _json_decoded, {}, body, per_model=True)
 
 
@@ -242,11 +242,7 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 def score_call(images: Images, k: int | None, fpr: float | None, multipart: bool) -> Call[Any]:
     """/score's JSON answer: per image its score, p-value, flag and parts."""
     params = {name: value for name, value in (("k", k), ("fpr", fpr)) if value is not None}
-    if isinstance(images, np.ndarray):
-        body = {"content": npy_bytes(images), "headers": {"content-type": NPY}}
-    else:
-        body = _image_body(images, multipart)
-    return Call("POST", "/score", _json, params, body, per_model=True)
+    return Call("POST", "/score", _json, params, _image_body(images, multipart), per_model=True)
 
 
 def json_call(path: str) -> Call[dict[str, Any]]:
