@@ -25,7 +25,7 @@ from vae_service.model.anomaly import (
     AnomalyScores,
     Calibration,
     image_statistics,
-    score_images,
+    score_of,
 )
 from vae_service.model.device import resolve_device
 from vae_service.model.prior import FittedPrior
@@ -249,15 +249,14 @@ class ModelRuntime:
     def _scores(self, k: int, images: Tensor) -> Outputs:
         # A calibrated score is computed as it was calibrated (its own k), so that its
         # p-values hold; the request's k is the parts' when it differs.
+        # Its p-values are taken on the event loop, in float64 (score()).
         at = self._scorer.k if self._scorer else k
-        scores = score_images(
-            self.model, images, self._scorer, k=at, seed=SCORE_SEED, prior=self.prior
-        )
-        parts = scores.parts
+        parts = image_statistics(self.model, images, at, SCORE_SEED, self.prior)
+        score = score_of(parts, self._scorer)
         if k != at:
             parts = image_statistics(self.model, images, k, SCORE_SEED, self.prior)
         self.score_parts = tuple(parts)
-        return (scores.score, *parts.values())
+        return (score, *parts.values())
 
     async def encode(self, images: Tensor) -> Posterior:
         """Images N x C x H x W in [0, 1] -> q(z|x)."""
